@@ -1,0 +1,3 @@
+from sidedoor.cli.main import main
+
+main()

@@ -1,0 +1,339 @@
+"""The `sidedoor` command.
+
+Exit codes: 0 ok, 1 failure (one clear line on stderr), 2 usage error.
+`--debug` shows tracebacks and verbose logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sidedoor import __version__
+from sidedoor.control.client import ControlClient
+from sidedoor.control.server import parse_host_port
+from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
+from sidedoor.errors import NodeAlreadyRunning, NodeNotRunning, SidedoorError
+from sidedoor.home import ensure_home, resolve_home
+from sidedoor.identity import load_or_create_identity
+from sidedoor.node import DEFAULT_NAME, Node, PingResult
+from sidedoor.storage.db import Database
+
+T = TypeVar("T")
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class Context:
+    def __init__(self, home: Path, debug: bool) -> None:
+        self.home = home
+        self.debug = debug
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _run(coro: Awaitable[T]) -> T:
+    async def wrapper() -> T:
+        return await coro
+
+    return asyncio.run(wrapper())
+
+
+async def _api(home: Path, method: str, path: str, body: dict[str, Any] | None = None,
+               timeout: float = 30.0) -> Any:
+    async with ControlClient(home) as client:
+        return await client.call(method, path, body, timeout=timeout)
+
+
+class SidedoorGroup(click.Group):
+    """Turns sidedoor's errors into one line and exit code 1 (tracebacks only with --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SidedoorError as exc:
+            if "--debug" in sys.argv:
+                raise
+            err.print(f"[bold red]error:[/] {exc}")
+            ctx.exit(1)
+
+
+@click.group(cls=SidedoorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The node's folder (identity, database, logs). "
+                   "Default: $SIDEDOOR_HOME, else your user data folder.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and verbose logs.")
+@click.version_option(__version__, prog_name="sidedoor")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
+    """sidedoor: talk and pass files to colleagues, PC to PC, with no server.
+
+    \b
+    First steps:
+      sidedoor id                 create your identity and show your address
+      sidedoor name "Ada Lovelace"
+      sidedoor up --detach        start your node in the background
+      sidedoor status             what your node is doing
+
+    Run several nodes on one machine with --home DIR (or SIDEDOOR_HOME).
+    """
+    ctx.obj = Context(resolve_home(home), debug)
+
+
+# ------------------------------------------------------------------ id / name
+
+@cli.command("id")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def id_command(ctx: Context, as_json: bool) -> None:
+    """Show your address, name and safety fingerprint (creates the identity on first use).
+
+    Your address is what colleagues use to reach you; it is your public key, so it
+    stays the same on any network. Compare the fingerprint words with a colleague
+    to be sure you have each other's real address.
+
+    \b
+    Example:
+      sidedoor id
+      sidedoor --home /tmp/a id --json
+    """
+    home = ensure_home(ctx.home)
+    identity, created = load_or_create_identity(home)
+    db = Database(home)
+    try:
+        name = db.get_setting("name") or DEFAULT_NAME
+    finally:
+        db.close()
+    info = {"address": identity.address, "name": name,
+            "fingerprint": identity.public.fingerprint(), "home": str(home), "created": created}
+    if as_json:
+        _print_json(info)
+        return
+    if created:
+        out.print(f"[green]Created a new identity in {home}[/]")
+    out.print(f"[bold]Name[/]         {name}")
+    out.print(f"[bold]Address[/]      {identity.address}")
+    out.print(f"[bold]Fingerprint[/]  {info['fingerprint']}")
+    if name == DEFAULT_NAME:
+        out.print('[dim]Set your name: sidedoor name "Your Name"[/]')
+
+
+@cli.command("name")
+@click.argument("new_name")
+@pass_ctx
+def name_command(ctx: Context, new_name: str) -> None:
+    """Set the display name colleagues see.
+
+    \b
+    Example:
+      sidedoor name "Alice Example"
+    """
+    new_name = new_name.strip()
+    if not new_name or len(new_name) > 64:
+        raise click.BadParameter("a name is 1 to 64 characters", param_hint="NEW_NAME")
+    home = ensure_home(ctx.home)
+    load_or_create_identity(home)
+    db = Database(home)
+    try:
+        db.set_setting("name", new_name)
+    finally:
+        db.close()
+    out.print(f"Your name is now [bold]{new_name}[/]")
+
+
+# ---------------------------------------------------------------- up / down
+
+@cli.command("up")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="TCP port for peers (default: the one used last time, else any free one).")
+@click.option("--host", default="0.0.0.0", show_default=True,
+              help="Address to listen on for peers.")
+@click.option("--detach", is_flag=True, help="Run in the background and return.")
+@pass_ctx
+def up_command(ctx: Context, port: int | None, host: str, detach: bool) -> None:
+    """Run your node (in the foreground; Ctrl-C stops it cleanly).
+
+    While the node runs, colleagues can reach you and the other commands
+    (status, ping, ...) talk to it. One node runs per home folder.
+
+    \b
+    Examples:
+      sidedoor up                  # foreground, Ctrl-C to stop
+      sidedoor up --detach         # background; stop with `sidedoor down`
+      sidedoor --home /tmp/b up --port 7071
+    """
+    home = ensure_home(ctx.home)
+    load_or_create_identity(home)
+    if detach:
+        if _running_pid(home):
+            raise NodeAlreadyRunning(f"a node is already running for {home}")
+        pid = start_detached(home, host=host, port=port, debug=ctx.debug)
+        status = _run(_api(home, "GET", "/v1/status"))
+        out.print(f"[green]Node started[/] in the background (pid {pid}).")
+        _print_status(status)
+        out.print(f"[dim]Stop it with: sidedoor --home {home} down[/]")
+        return
+    setup_logging(home, debug=ctx.debug, to_stderr=ctx.debug)
+
+    def ready(status: dict[str, Any]) -> None:
+        out.print("[green]Node running.[/] Press Ctrl-C to stop.")
+        _print_status(status)
+
+    _run(run_node(home, host=host, port=port, on_ready=ready))
+    out.print("Node stopped.")
+
+
+def _running_pid(home: Path) -> int | None:
+    try:
+        status = _run(_api(home, "GET", "/v1/status", timeout=5))
+    except (NodeNotRunning, SidedoorError):
+        return None
+    return int(status["pid"])
+
+
+@cli.command("down")
+@pass_ctx
+def down_command(ctx: Context) -> None:
+    """Stop the node running in the background.
+
+    \b
+    Example:
+      sidedoor down
+    """
+    status = _run(_api(ctx.home, "GET", "/v1/status", timeout=5))
+    _run(_api(ctx.home, "POST", "/v1/shutdown", {}))
+    if not wait_for_exit(ctx.home, timeout=15):
+        raise SidedoorError(f"the node (pid {status['pid']}) did not stop within 15 s")
+    out.print("Node stopped.")
+
+
+# ------------------------------------------------------------------- status
+
+def _print_status(status: dict[str, Any]) -> None:
+    out.print(f"[bold]Name[/]        {status['name']}")
+    out.print(f"[bold]Address[/]     {status['address']}")
+    out.print(f"[bold]Fingerprint[/] {status['fingerprint']}")
+    out.print(f"[bold]Listening[/]   {', '.join(status['listening'])}")
+
+
+def _ago(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m {seconds % 60}s"
+    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+
+
+@cli.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def status_command(ctx: Context, as_json: bool) -> None:
+    """Is the node running? Its addresses, uptime and live sessions.
+
+    Exits 1 when no node is running.
+
+    \b
+    Example:
+      sidedoor status --json
+    """
+    try:
+        status = _run(_api(ctx.home, "GET", "/v1/status", timeout=10))
+    except NodeNotRunning as exc:
+        if as_json:
+            _print_json({"running": False, "home": str(ctx.home)})
+            sys.exit(1)
+        raise exc
+    if as_json:
+        _print_json(status)
+        return
+    out.print(f"[green]Running[/] (pid {status['pid']}, up {_ago(status['uptime'])})")
+    _print_status(status)
+    sessions = status["sessions"]
+    if not sessions:
+        out.print("[dim]No live sessions.[/]")
+        return
+    table = Table(title="Sessions", title_justify="left")
+    for column in ("Peer", "Fingerprint", "Direction", "Path", "Remote", "For"):
+        table.add_column(column)
+    now = time.time()
+    for s in sessions:
+        table.add_row(s["address"][:14] + "…", s["fingerprint"], s["direction"], s["path"],
+                      s["remote_addr"], _ago(now - s["since"]))
+    out.print(table)
+
+
+# --------------------------------------------------------------------- ping
+
+@cli.command("ping")
+@click.argument("address")
+@click.option("--addr", "addr", required=True, metavar="HOST:PORT",
+              help="Where the node listens (see its `sidedoor status`).")
+@click.option("-c", "--count", type=click.IntRange(1, 100), default=3, show_default=True,
+              help="How many round trips to measure.")
+@click.option("--timeout", type=click.FloatRange(0.1, 60), default=10.0, show_default=True,
+              help="Seconds to wait for the connection and each answer.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def ping_command(ctx: Context, address: str, addr: str, count: int, timeout: float,
+                 as_json: bool) -> None:
+    """Check that the node with ADDRESS answers at HOST:PORT.
+
+    Opens an authenticated, encrypted session (the node must prove it holds the
+    key behind ADDRESS), then measures round trips. Uses your running node if
+    there is one, else connects directly from this command.
+
+    \b
+    Example:
+      sidedoor ping sdabc...xyz --addr 127.0.0.1:7070
+    """
+    from sidedoor.identity import PublicIdentity
+
+    PublicIdentity.from_address(address)  # a typo fails here, before any network
+    host, port = parse_host_port(addr)
+    body = {"address": address, "addr": addr, "count": count, "timeout": timeout}
+    try:
+        data = _run(_api(ctx.home, "POST", "/v1/ping", body, timeout=timeout * (count + 2)))
+    except NodeNotRunning:
+        data = _run(_ping_direct(ctx.home, address, host, port, count, timeout)).as_dict()
+    if as_json:
+        _print_json(data)
+        return
+    rtts = data["rtts_ms"]
+    note = "reachable; not a contact" if not data["contact"] else "reachable"
+    out.print(f"[green]{note}[/]: {data['address'][:14]}… at {data['addr']} "
+              f"(path: {data['path']}, handshake {data['pattern']} {data['handshake_ms']:.1f} ms)")
+    for i, rtt in enumerate(rtts, 1):
+        out.print(f"  round trip {i}: {rtt:.2f} ms")
+    if len(rtts) > 1:
+        out.print(f"  min/avg/max {min(rtts):.2f}/{sum(rtts) / len(rtts):.2f}/{max(rtts):.2f} ms")
+
+
+async def _ping_direct(home: Path, address: str, host: str, port: int, count: int,
+                       timeout: float) -> PingResult:
+    # A one-shot node on a loopback port only this command uses.
+    async with Node(home, host="127.0.0.1", port=0, remember_port=False) as node:
+        return await node.ping(address, host, port, count=count, timeout=timeout)
+
+
+def main() -> None:
+    cli(prog_name="sidedoor")
+
+
+if __name__ == "__main__":
+    main()
+

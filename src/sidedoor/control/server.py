@@ -1,0 +1,208 @@
+"""The node's local control API: HTTP + JSON on 127.0.0.1, and an event stream (SSE).
+
+Who may call it: whoever can read ``control.json`` in the node's home (mode
+0600), which holds the port and a random bearer token. Every request must carry
+``Authorization: Bearer <token>`` and a ``Host`` header naming the loopback
+address and our port; the Host check defeats DNS rebinding (a web page whose
+name resolves to 127.0.0.1 still sends its own name as Host).
+
+Errors are JSON: ``{"error": {"type": "ConnectError", "message": "..."}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
+from sidedoor.home import CONTROL_FILE
+from sidedoor.node import Node
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+NODE_KEY: web.AppKey[Node] = web.AppKey("node", Node)
+MAX_BODY = 1 << 20
+SSE_KEEPALIVE = 15.0
+
+
+def _error(status: int, kind: str, message: str) -> web.Response:
+    return web.json_response({"error": {"type": kind, "message": message}}, status=status)
+
+
+class ControlServer:
+    def __init__(self, node: Node, *, port: int = 0) -> None:
+        self.node = node
+        self.token = secrets.token_urlsafe(32)
+        self._requested_port = port
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._allowed_hosts: set[str] = set()
+
+    @property
+    def control_path(self) -> Path:
+        return self.node.home / CONTROL_FILE
+
+    async def start(self) -> None:
+        app = web.Application(middlewares=[self._guard], client_max_size=MAX_BODY)
+        app[NODE_KEY] = self.node
+        app.router.add_get("/v1/status", self._status)
+        app.router.add_get("/v1/identity", self._identity)
+        app.router.add_post("/v1/name", self._set_name)
+        app.router.add_post("/v1/ping", self._ping)
+        app.router.add_post("/v1/shutdown", self._shutdown)
+        app.router.add_get("/v1/events", self._events)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        self.port = int(sockets[0].getsockname()[1])
+        self._allowed_hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
+        self._write_control_file()
+
+    def _write_control_file(self) -> None:
+        data = json.dumps({"port": self.port, "pid": os.getpid(), "token": self.token})
+        tmp = self.control_path.with_suffix(".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(data)
+        tmp.replace(self.control_path)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.control_path.unlink()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+
+    # ------------------------------------------------------------ guard
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host", "")
+        if host not in self._allowed_hosts:
+            return _error(403, "Forbidden", f"this API answers only on 127.0.0.1:{self.port}")
+        auth = request.headers.get("Authorization", "")
+        expected = f"Bearer {self.token}"
+        if not hmac.compare_digest(auth.encode(), expected.encode()):
+            return _error(401, "Unauthorized", "missing or wrong token (see control.json)")
+        try:
+            return await handler(request)
+        except web.HTTPException:
+            raise
+        except InvalidAddress as exc:
+            return _error(400, type(exc).__name__, str(exc))
+        except (RemoteProtocolError, SidedoorError) as exc:
+            return _error(502 if isinstance(exc, RemoteProtocolError) else 400,
+                          type(exc).__name__, str(exc))
+
+    # ----------------------------------------------------------- routes
+    async def _json_body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": {"type": "BadRequest", "message": "body is not JSON"}}),
+                content_type="application/json",
+            ) from None
+        if not isinstance(body, dict):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": {"type": "BadRequest",
+                                           "message": "body must be a JSON object"}}),
+                content_type="application/json",
+            )
+        return body
+
+    async def _status(self, request: web.Request) -> web.Response:
+        status = self.node.status()
+        status["control_port"] = self.port
+        return web.json_response(status)
+
+    async def _identity(self, request: web.Request) -> web.Response:
+        node = self.node
+        return web.json_response({
+            "address": node.public.address, "name": node.display_name,
+            "fingerprint": node.public.fingerprint(),
+        })
+
+    async def _set_name(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        name = body.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name) > 64:
+            return _error(400, "BadRequest", "a name is 1 to 64 characters")
+        assert self.node.db is not None
+        await self.node.db.run(self.node.db.set_setting, "name", name.strip())
+        self.node.events.emit("identity.changed", name=name.strip())
+        return web.json_response({"name": name.strip()})
+
+    async def _ping(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        address, addr = body.get("address"), body.get("addr")
+        count = body.get("count", 1)
+        timeout = body.get("timeout", 10.0)
+        if not isinstance(address, str) or not isinstance(addr, str):
+            return _error(400, "BadRequest", "give 'address' and 'addr' (host:port)")
+        if not isinstance(count, int) or not 1 <= count <= 100:
+            return _error(400, "BadRequest", "count is 1 to 100")
+        if not isinstance(timeout, int | float) or not 0 < timeout <= 60:
+            return _error(400, "BadRequest", "timeout is 0 to 60 seconds")
+        host, port = parse_host_port(addr)
+        result = await self.node.ping(address, host, port, count=count, timeout=float(timeout))
+        return web.json_response(result.as_dict())
+
+    async def _shutdown(self, request: web.Request) -> web.Response:
+        asyncio.get_running_loop().call_soon(self.node.stop)
+        return web.json_response({"stopping": True})
+
+    async def _events(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={
+            "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+        })
+        await response.prepare(request)
+        queue = self.node.events.subscribe()
+        try:
+            await response.write(b": connected\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE)
+                except TimeoutError:
+                    await response.write(b": keepalive\n\n")
+                    continue
+                if event is None:
+                    break
+                line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
+                await response.write(line.encode())
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.node.events.unsubscribe(queue)
+        return response
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (host, port), with a clear error."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise SidedoorError(f"{text!r} is not HOST:PORT (for example 127.0.0.1:7070)")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise SidedoorError(f"{port_text!r} in {text!r} is not a port number") from None
+    if not 0 < port < 65536:
+        raise SidedoorError(f"port {port} is out of range (1-65535)")
+    return host, port

@@ -1,0 +1,144 @@
+"""Every error sidedoor raises on purpose.
+
+The hierarchy::
+
+    SidedoorError                    base of everything below; ``str()`` is a message for the user
+    ├── InvalidAddress               an address that does not parse ("this address has a typo")
+    ├── IdentityError                the identity on disk cannot be used
+    │   └── InsecureKeyFile          the key file is readable by other users
+    ├── StorageError                 the node's database cannot be opened or migrated
+    ├── NodeError                    the local node, seen from the CLI
+    │   ├── NodeNotRunning           no node answers for this home
+    │   ├── NodeAlreadyRunning       a second ``up`` for the same home
+    │   └── ControlAPIError          the control API refused or failed a request
+    ├── ConnectError                 a peer could not be reached (refused, timed out, unreachable)
+    └── ProtocolError                the rules of the wire protocol were broken
+        ├── LocalProtocolError       by us: a bug, or an API used in the wrong state
+        └── RemoteProtocolError      by the peer: the connection is closed, the node goes on
+            ├── FrameTooLarge        a length prefix over the limit
+            ├── HandshakeFailed      the Noise handshake did not complete (bad bytes, bad MAC)
+            ├── IdentityMismatch     the peer proved a different identity than the one dialled
+            ├── VersionMismatch      the peer speaks another protocol version
+            ├── DecryptError         a transport message failed authentication (forged, replayed, reordered)
+            ├── MessageError         a message that is malformed or not allowed in this state
+            ├── FlowControlError     the peer sent more than it was given credit for
+            └── PeerTimeout          the peer went silent (handshake or idle timeout)
+
+Lower-layer errors (``OSError``, ``sqlite3.Error``, ``cryptography`` exceptions,
+``msgspec`` errors) are caught at the boundary of the layer that sees them and
+re-raised as one of these with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConnectError",
+    "ControlAPIError",
+    "DecryptError",
+    "FlowControlError",
+    "FrameTooLarge",
+    "HandshakeFailed",
+    "IdentityError",
+    "IdentityMismatch",
+    "InsecureKeyFile",
+    "InvalidAddress",
+    "LocalProtocolError",
+    "MessageError",
+    "NodeAlreadyRunning",
+    "NodeError",
+    "NodeNotRunning",
+    "PeerTimeout",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "SidedoorError",
+    "StorageError",
+    "VersionMismatch",
+]
+
+
+class SidedoorError(Exception):
+    """Base class; the message is meant to be shown to the user as it is."""
+
+
+class InvalidAddress(SidedoorError, ValueError):
+    """The text is not a sidedoor address, or it has a typo (its check failed)."""
+
+
+class IdentityError(SidedoorError):
+    """The node's identity key cannot be loaded or created."""
+
+
+class InsecureKeyFile(IdentityError):
+    """The identity key file can be read by other users; we refuse to use it."""
+
+
+class StorageError(SidedoorError):
+    """The node's database could not be opened, migrated or written."""
+
+
+class NodeError(SidedoorError):
+    """A problem with the local node as seen from the CLI."""
+
+
+class NodeNotRunning(NodeError):
+    """No node is running for this home. Start one with `sidedoor up`."""
+
+
+class NodeAlreadyRunning(NodeError):
+    """A node is already running for this home."""
+
+
+class ControlAPIError(NodeError):
+    """The node's control API answered with an error."""
+
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ConnectError(SidedoorError):
+    """The peer could not be reached over the network."""
+
+
+class ProtocolError(SidedoorError):
+    """A rule of the sidedoor wire protocol was broken."""
+
+
+class LocalProtocolError(ProtocolError):
+    """We broke the rules: a bug in sidedoor, or an API called in the wrong state."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the rules. The connection is closed; the node keeps serving others."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    """A frame's length prefix is over the limit."""
+
+
+class HandshakeFailed(RemoteProtocolError):
+    """The Noise handshake failed: wrong bytes, a bad MAC, or a bad identity proof."""
+
+
+class IdentityMismatch(RemoteProtocolError):
+    """The peer proved an identity other than the one we dialled."""
+
+
+class VersionMismatch(RemoteProtocolError):
+    """The peer speaks a protocol version we do not; one side needs an update."""
+
+
+class DecryptError(RemoteProtocolError):
+    """A transport message failed authentication: forged, replayed, or out of order."""
+
+
+class MessageError(RemoteProtocolError):
+    """A message was malformed or not allowed in the session's current state."""
+
+
+class FlowControlError(RemoteProtocolError):
+    """The peer sent more data on a channel than we gave it credit for."""
+
+
+class PeerTimeout(RemoteProtocolError):
+    """The peer stopped answering (handshake or idle timeout)."""

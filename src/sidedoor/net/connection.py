@@ -1,0 +1,438 @@
+"""asyncio glue around `proto.session.Session`: a TCP connection to one peer.
+
+Only glue lives here: ``data_received -> receive_data -> drain events ->
+transmit -> re-arm the timer``. Every protocol decision is the session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from sidedoor.errors import (
+    ConnectError,
+    HandshakeFailed,
+    LocalProtocolError,
+    PeerTimeout,
+    ProtocolError,
+    RemoteProtocolError,
+    SidedoorError,
+)
+from sidedoor.proto.noise import Pattern
+from sidedoor.proto.session import LocalKeys, ProofVerifier, Role, Session, SessionConfig, State
+from sidedoor.proto.session_events import (
+    ChannelAccepted,
+    ChannelClosed,
+    ChannelEnded,
+    ChannelRejected,
+    ChannelRequested,
+    DataReceived,
+    HandshakeComplete,
+    PongReceived,
+    SessionClosed,
+)
+
+log = logging.getLogger(__name__)
+
+WRITE_HIGH_WATER = 1 << 20
+CHANNEL_BACKLOG_LIMIT = 1 << 20
+
+# Decides what to do with a channel the peer opens: return True to accept.
+ChannelHandler = Callable[["Connection", "ChannelStream"], None]
+
+
+class ChannelClosedError(SidedoorError):
+    """The channel was closed or reset before the operation finished."""
+
+
+class ChannelStream:
+    """One channel of a connection, as a byte stream with backpressure both ways."""
+
+    def __init__(self, conn: Connection, channel: int, kind: str, meta: bytes) -> None:
+        self.connection = conn
+        self.id = channel
+        self.kind = kind
+        self.meta = meta
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._eof = False
+        self._closed_reason: str | None = None
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # -- called by the connection
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        self._readable.set()
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        self._readable.set()
+
+    def _closed(self, reason: str) -> None:
+        self._closed_reason = reason
+        self._eof = True
+        self._readable.set()
+        self._writable.set()
+
+    def _update_writable(self) -> None:
+        if self.connection.session.channel_backlog(self.id) < CHANNEL_BACKLOG_LIMIT:
+            self._writable.set()
+        else:
+            self._writable.clear()
+
+    # -- the application's side
+    async def read(self, n: int = -1) -> bytes:
+        """Up to ``n`` bytes (any amount if -1); b"" at the end of the stream."""
+        while not self._chunks:
+            if self._eof:
+                return b""
+            self._readable.clear()
+            await self._readable.wait()
+        chunk = self._chunks.popleft()
+        if 0 <= n < len(chunk):
+            self._chunks.appendleft(chunk[n:])
+            chunk = chunk[:n]
+        self._buffered -= len(chunk)
+        self.connection._consume(self.id, len(chunk))
+        return chunk
+
+    async def read_exactly(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        need = n
+        while need:
+            chunk = await self.read(need)
+            if not chunk:
+                raise ChannelClosedError(
+                    f"the channel ended after {n - need} of {n} expected bytes"
+                )
+            parts.append(chunk)
+            need -= len(chunk)
+        return b"".join(parts)
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes; waits while too much is queued and not yet sent (backpressure)."""
+        if self._closed_reason is not None:
+            raise ChannelClosedError(f"the channel is closed: {self._closed_reason}")
+        self.connection._send(self.id, data)
+        self._update_writable()
+        while not self._writable.is_set():
+            await self._writable.wait()
+            if self._closed_reason is not None:
+                raise ChannelClosedError(f"the channel is closed: {self._closed_reason}")
+
+    def end(self) -> None:
+        """We will write nothing more (the peer's `read` returns b"" after the data)."""
+        if self._closed_reason is None:
+            self.connection._end(self.id)
+
+    def reset(self, reason: str = "reset") -> None:
+        if self._closed_reason is None:
+            self.connection._reset(self.id, reason)
+
+    @property
+    def at_eof(self) -> bool:
+        return self._eof and not self._chunks
+
+
+class Connection(asyncio.Protocol):
+    """A `Session` on a TCP transport."""
+
+    def __init__(
+        self,
+        session: Session,
+        *,
+        on_channel: ChannelHandler | None = None,
+        on_closed: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.loop = asyncio.get_running_loop()
+        self.on_channel = on_channel
+        self.on_closed = on_closed
+        self.transport: asyncio.Transport | None = None
+        self.peername: tuple[Any, ...] | None = None
+        self.sockname: tuple[Any, ...] | None = None
+        self.handshake: asyncio.Future[HandshakeComplete] = self.loop.create_future()
+        self.closed: asyncio.Future[SessionClosed] = self.loop.create_future()
+        self.opened_at = 0.0
+        self._paused = False
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._streams: dict[int, ChannelStream] = {}
+        self._opening: dict[int, asyncio.Future[ChannelStream]] = {}
+        self._pings: dict[int, asyncio.Future[float]] = {}
+
+    # ------------------------------------------------------------ protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peername = transport.get_extra_info("peername")
+        self.sockname = transport.get_extra_info("sockname")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.opened_at = self.loop.time()
+        self.session.start(self.loop.time())
+        self._pump()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, self.loop.time())
+        self._pump()
+
+    def eof_received(self) -> bool | None:
+        self.session.connection_lost("the peer closed the connection")
+        self._pump()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = f"the connection was lost: {exc}" if exc else "the peer closed the connection"
+        self.session.connection_lost(reason)
+        self._drain_events()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport = None
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    # ---------------------------------------------------------------- glue
+    def _pump(self) -> None:
+        self._drain_events()
+        self._transmit()
+        self._arm_timer()
+
+    def _transmit(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        session = self.session
+        while not self._paused:
+            data = session.data_to_send(WRITE_HIGH_WATER)
+            if not data:
+                break
+            transport.write(data)
+        for stream in self._streams.values():
+            stream._update_writable()
+        if session.wants_close and not transport.is_closing():
+            # Flush what remains (a Close message), then close.
+            data = session.data_to_send(1 << 30)
+            if data:
+                transport.write(data)
+            transport.close()
+
+    def _arm_timer(self) -> None:
+        when = self.session.get_timer()
+        if when is None:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = self._timer_at = None
+            return
+        if self._timer is not None and self._timer_at is not None and self._timer_at <= when:
+            return  # an earlier wake-up is armed; it re-arms when it fires
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = self._timer_at = None
+        self.session.handle_timer(self.loop.time())
+        self._pump()
+
+    def _drain_events(self) -> None:
+        session = self.session
+        while (event := session.next_event()) is not None:
+            match event:
+                case DataReceived(channel=cid, data=data):
+                    stream = self._streams.get(cid)
+                    if stream is not None:
+                        stream._feed(data)
+                case HandshakeComplete():
+                    if not self.handshake.done():
+                        self.handshake.set_result(event)
+                case ChannelRequested(channel=cid, kind=kind, meta=meta):
+                    stream = ChannelStream(self, cid, kind, meta)
+                    if self.on_channel is None:
+                        session.reject_channel(cid, "this node does not accept channels")
+                        continue
+                    self._streams[cid] = stream
+                    session.accept_channel(cid)
+                    self.on_channel(self, stream)
+                case ChannelAccepted(channel=cid):
+                    fut = self._opening.pop(cid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(self._streams[cid])
+                case ChannelRejected(channel=cid, reason=reason):
+                    self._streams.pop(cid, None)
+                    fut = self._opening.pop(cid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(ChannelClosedError(f"the peer refused: {reason}"))
+                case ChannelEnded(channel=cid):
+                    stream = self._streams.get(cid)
+                    if stream is not None:
+                        stream._feed_eof()
+                case ChannelClosed(channel=cid, reason=reason):
+                    stream = self._streams.pop(cid, None)
+                    if stream is not None:
+                        stream._closed(reason)
+                    fut = self._opening.pop(cid, None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(ChannelClosedError(reason))
+                case PongReceived(token=token, rtt=rtt):
+                    pfut = self._pings.pop(token, None)
+                    if pfut is not None and not pfut.done():
+                        pfut.set_result(rtt)
+                case SessionClosed():
+                    self._on_session_closed(event)
+
+    def _on_session_closed(self, event: SessionClosed) -> None:
+        if event.error is not None:
+            log.info("session with %s closed: %s", self.peername, event.error)
+        if not self.handshake.done():
+            err: ProtocolError = event.error or HandshakeFailed(event.reason)
+            self.handshake.set_exception(err)
+            self.handshake.exception()  # mark retrieved: callers may have given up waiting
+        for fut in [*self._pings.values(), *self._opening.values()]:
+            if not fut.done():
+                fut.set_exception(ChannelClosedError(f"the session closed: {event.reason}"))
+                fut.exception()
+        self._pings.clear()
+        self._opening.clear()
+        if not self.closed.done():
+            self.closed.set_result(event)
+        if self.on_closed is not None:
+            self.on_closed(self)
+
+    # -------------------------------------------------- for ChannelStream
+    def _consume(self, cid: int, n: int) -> None:
+        self.session.consume(cid, n)
+        self._transmit()
+
+    def _send(self, cid: int, data: bytes | bytearray | memoryview) -> None:
+        self.session.send(cid, data)
+        self._transmit()
+
+    def _end(self, cid: int) -> None:
+        self.session.end_channel(cid)
+        self._pump()
+
+    def _reset(self, cid: int, reason: str) -> None:
+        self.session.reset_channel(cid, reason)
+        self._pump()
+
+    # ------------------------------------------------------------ public
+    @property
+    def remote_identity(self) -> bytes:
+        if self.session.remote_identity is None:
+            raise LocalProtocolError("the handshake is not complete")
+        return self.session.remote_identity
+
+    @property
+    def is_open(self) -> bool:
+        return self.session.state is State.OPEN
+
+    async def ping(self, timeout: float = 10.0) -> float:
+        """Round-trip time in seconds."""
+        token = self.session.ping(self.loop.time())
+        fut: asyncio.Future[float] = self.loop.create_future()
+        self._pings[token] = fut
+        self._pump()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise PeerTimeout(f"no answer to a ping within {timeout:g} s") from None
+        finally:
+            self._pings.pop(token, None)
+
+    async def open_channel(self, kind: str, meta: bytes = b"", timeout: float = 10.0
+                           ) -> ChannelStream:
+        cid = self.session.open_channel(kind, meta)
+        stream = ChannelStream(self, cid, kind, meta)
+        self._streams[cid] = stream
+        fut: asyncio.Future[ChannelStream] = self.loop.create_future()
+        self._opening[cid] = fut
+        self._pump()
+        try:
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self._opening.pop(cid, None)
+            self._reset(cid, "timed out")
+            raise PeerTimeout(f"the peer did not answer a channel request in {timeout:g} s"
+                              ) from None
+
+    def close(self, reason: str = "closed", code: int = 0) -> None:
+        self.session.close(reason, code)
+        self._pump()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    async def aclose(self, reason: str = "closed") -> None:
+        self.close(reason)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), 5.0)
+        except TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
+
+
+def new_session(
+    role: Role,
+    keys: LocalKeys,
+    verify: ProofVerifier,
+    *,
+    pattern: Pattern = Pattern.XX,
+    expected_remote: bytes | None = None,
+    remote_static: bytes | None = None,
+    config: SessionConfig | None = None,
+) -> Session:
+    return Session(
+        role, keys, verify, ephemeral_private=os.urandom(32), pattern=pattern,
+        expected_remote=expected_remote, remote_static=remote_static, config=config,
+    )
+
+
+async def dial(
+    host: str,
+    port: int,
+    session: Session,
+    *,
+    timeout: float = 10.0,
+    on_channel: ChannelHandler | None = None,
+    on_closed: Callable[[Connection], None] | None = None,
+) -> Connection:
+    """Connect and complete the handshake; raise `ConnectError` or a `ProtocolError`."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(
+                lambda: Connection(session, on_channel=on_channel, on_closed=on_closed),
+                host, port,
+            )
+    except TimeoutError:
+        raise ConnectError(f"{host}:{port} did not answer within {timeout:g} s") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        async with asyncio.timeout(timeout):
+            await conn.handshake
+    except TimeoutError:
+        conn.close("handshake timeout")
+        raise PeerTimeout(f"{host}:{port} did not complete the handshake in {timeout:g} s"
+                          ) from None
+    except RemoteProtocolError:
+        conn.close("handshake failed")
+        raise
+    return conn

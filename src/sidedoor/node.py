@@ -1,0 +1,398 @@
+"""The node: builds and wires identity, storage, the listener, sessions and the event bus.
+
+``async with Node(home) as node: await node.wait_stopped()`` runs one node.
+One node per home: the home's lock file is held for the node's lifetime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ifaddr
+
+from sidedoor.errors import (
+    ConnectError,
+    HandshakeFailed,
+    NodeAlreadyRunning,
+    SidedoorError,
+)
+from sidedoor.home import LOCK_FILE, ensure_home
+from sidedoor.identity import (
+    Identity,
+    PublicIdentity,
+    SignatureDomain,
+    load_or_create_identity,
+)
+from sidedoor.net.connection import Connection, dial, new_session
+from sidedoor.proto.messages import CloseCode, IdentityProof
+from sidedoor.proto.noise import Pattern
+from sidedoor.proto.session import LocalKeys, Role, SessionConfig
+from sidedoor.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NAME = "sidedoor user"
+EVENT_QUEUE_LIMIT = 1000
+
+
+def verify_noise_proof(identity: bytes, signature: bytes, noise_static: bytes) -> bool:
+    return PublicIdentity(identity).verify(SignatureDomain.NOISE_STATIC, noise_static, signature)
+
+
+def classify_path(host: str) -> str:
+    """How a direct address is reached, in the words `status` and `ping` use."""
+    try:
+        ip = ipaddress.ip_address(host.split("%")[0])
+    except ValueError:
+        return "direct"
+    if ip.is_loopback or ip.is_private or ip.is_link_local:
+        return "lan"
+    return "direct"
+
+
+class EventBus:
+    """Fan-out of node events to subscribers (the control API's event streams).
+
+    A subscriber that falls more than `EVENT_QUEUE_LIMIT` events behind is dropped
+    rather than let memory grow; its stream ends and the client reconnects.
+    """
+
+    def __init__(self) -> None:
+        self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
+
+    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_QUEUE_LIMIT)
+        self._queues.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+        self._queues.discard(queue)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        event = {"type": kind, "time": time.time(), **data}
+        for queue in list(self._queues):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                self._queues.discard(queue)
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    queue.get_nowait()
+                queue.put_nowait(None)
+
+    def close(self) -> None:
+        for queue in list(self._queues):
+            with contextlib.suppress(asyncio.QueueFull):
+                queue.put_nowait(None)
+        self._queues.clear()
+
+
+@dataclass
+class PeerSession:
+    """A live session, as `status` shows it."""
+
+    connection: Connection
+    remote: PublicIdentity
+    direction: str  # "in" or "out"
+    path: str
+    remote_addr: str
+    since: float = field(default_factory=time.time)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "address": self.remote.address,
+            "fingerprint": self.remote.fingerprint(),
+            "direction": self.direction,
+            "path": self.path,
+            "remote_addr": self.remote_addr,
+            "since": self.since,
+            "pattern": self.connection.session.pattern.value,
+        }
+
+
+@dataclass(frozen=True)
+class PingResult:
+    address: str
+    addr: str
+    path: str
+    pattern: str
+    handshake_ms: float
+    rtts_ms: list[float]
+    contact: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "address": self.address, "addr": self.addr, "path": self.path,
+            "pattern": self.pattern, "handshake_ms": self.handshake_ms,
+            "rtts_ms": self.rtts_ms, "contact": self.contact, "reachable": True,
+        }
+
+
+class Node:
+    def __init__(
+        self,
+        home: Path,
+        *,
+        host: str = "0.0.0.0",
+        port: int | None = None,
+        session_config: SessionConfig | None = None,
+        remember_port: bool = True,
+    ) -> None:
+        self.home = ensure_home(home)
+        self.host = host
+        self._requested_port = port
+        self._remember_port = remember_port
+        self.session_config = session_config or SessionConfig()
+        self.identity: Identity | None = None
+        self.db: Database | None = None
+        self.events = EventBus()
+        self.started_at = 0.0
+        self.sessions: dict[Connection, PeerSession] = {}
+        self._lock_fd: int | None = None
+        self._server: asyncio.Server | None = None
+        self._stopped = asyncio.Event()
+        self._pending: set[Connection] = set()
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ----------------------------------------------------------- lifecycle
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        self._take_lock()
+        try:
+            self.identity, created = load_or_create_identity(self.home)
+            self.db = Database(self.home)
+            if created:
+                log.info("created identity %s", self.identity.address)
+            port = self._requested_port
+            if port is None:
+                saved = self.db.get_setting("port")
+                port = int(saved) if saved else 0
+            self._server = await self._listen(port)
+            if self._remember_port:
+                self.db.set_setting("port", str(self.port))
+            self.started_at = time.time()
+            log.info("node %s listening on %s:%d", self.identity.address, self.host, self.port)
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _listen(self, port: int) -> asyncio.Server:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.create_server(self._accept, self.host, port, reuse_address=True)
+        except OSError as exc:
+            if port and self._requested_port is None:
+                # The remembered port is taken (another program got it): pick a new one.
+                log.warning("port %d is taken (%s); choosing another", port, exc.strerror)
+                return await loop.create_server(self._accept, self.host, 0, reuse_address=True)
+            raise SidedoorError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from exc
+
+    def _take_lock(self) -> None:
+        path = self.home / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            os.close(fd)
+            raise NodeAlreadyRunning(
+                f"a node is already running for {self.home} (pid {pid or '?'}); "
+                f"stop it with `sidedoor --home {self.home} down`"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a background job; keep a reference, log its failure."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background job failed", exc_info=task.exception())
+
+    def stop(self) -> None:
+        """Ask the node to stop (safe from a signal handler or the control API)."""
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._stopped.set()
+        if self._server is not None:
+            self._server.close()
+        for conn in [*self.sessions, *self._pending]:
+            conn.close("the node is shutting down", CloseCode.SHUTTING_DOWN)
+        if self._server is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+        for task in list(self._tasks):
+            task.cancel()
+        self.events.close()
+        if self.db is not None:
+            self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # ------------------------------------------------------------- facts
+    @property
+    def port(self) -> int:
+        assert self._server is not None and self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def public(self) -> PublicIdentity:
+        assert self.identity is not None
+        return self.identity.public
+
+    @property
+    def display_name(self) -> str:
+        assert self.db is not None
+        return self.db.get_setting("name") or DEFAULT_NAME
+
+    def listen_addresses(self) -> list[str]:
+        if self.host not in ("0.0.0.0", "::", ""):
+            return [f"{self.host}:{self.port}"]
+        found = []
+        for adapter in ifaddr.get_adapters():
+            for ip in adapter.ips:
+                if ip.is_IPv4:
+                    found.append(f"{ip.ip}:{self.port}")
+        return found or [f"127.0.0.1:{self.port}"]
+
+    def status(self) -> dict[str, Any]:
+        assert self.identity is not None
+        return {
+            "running": True,
+            "pid": os.getpid(),
+            "home": str(self.home),
+            "address": self.identity.address,
+            "name": self.display_name,
+            "fingerprint": self.public.fingerprint(),
+            "port": self.port,
+            "listening": self.listen_addresses(),
+            "started_at": self.started_at,
+            "uptime": time.time() - self.started_at,
+            "sessions": [s.describe() for s in self.sessions.values()],
+        }
+
+    # ---------------------------------------------------------- sessions
+    def _keys(self) -> LocalKeys:
+        identity = self.identity
+        assert identity is not None
+        proof = IdentityProof(
+            identity.public.key, identity.sign(SignatureDomain.NOISE_STATIC, identity.noise_public)
+        )
+        return LocalKeys(identity.noise_private, proof)
+
+    def _accept(self) -> Connection:
+        session = new_session(Role.RESPONDER, self._keys(), verify_noise_proof,
+                              config=self.session_config)
+        conn = Connection(session, on_channel=self._on_channel, on_closed=self._on_closed)
+        self._pending.add(conn)
+        conn.handshake.add_done_callback(lambda fut: self._on_handshake(conn, fut, "in"))
+        return conn
+
+    def _on_handshake(self, conn: Connection, fut: asyncio.Future[Any], direction: str) -> None:
+        self._pending.discard(conn)
+        if fut.cancelled() or fut.exception() is not None:
+            if direction == "in":
+                log.info("refused an incoming connection from %s: %s", conn.peername,
+                         fut.exception() if not fut.cancelled() else "cancelled")
+            return
+        remote = PublicIdentity(conn.remote_identity)
+        peer = conn.peername or ("?", 0)
+        addr = f"{peer[0]}:{peer[1]}"
+        info = PeerSession(conn, remote, direction, classify_path(str(peer[0])), addr)
+        self.sessions[conn] = info
+        assert self.db is not None and conn.session.remote_static is not None
+        dial_addr = addr if direction == "out" else None
+        self._spawn(self.db.run(self.db.remember_peer, remote.key, conn.session.remote_static,
+                                dial_addr, time.time()))
+        log.info("session %s with %s (%s, %s)", direction, remote.address, info.path, addr)
+        self.events.emit("session.opened", **info.describe())
+
+    def _on_closed(self, conn: Connection) -> None:
+        self._pending.discard(conn)
+        info = self.sessions.pop(conn, None)
+        if info is not None:
+            reason = conn.session.close_reason or "closed"
+            log.info("session with %s closed: %s", info.remote.address, reason)
+            self.events.emit("session.closed", address=info.remote.address, reason=reason)
+
+    def _on_channel(self, conn: Connection, stream: Any) -> None:
+        # No service uses channels yet: later issues register handlers by kind.
+        stream.reset(f"no service for channel kind {stream.kind!r}")
+
+    async def connect(self, remote: PublicIdentity, host: str, port: int,
+                      timeout: float = 10.0) -> Connection:
+        """Dial ``host:port`` and prove it is ``remote``. Uses IK when the key is known."""
+        assert self.db is not None
+        known_static = await self.db.run(self.db.peer_static, remote.key)
+        patterns: list[tuple[Pattern, bytes | None]] = [(Pattern.XX, None)]
+        if known_static is not None:
+            patterns.insert(0, (Pattern.IK, known_static))
+        last_error: Exception | None = None
+        for pattern, static in patterns:
+            session = new_session(
+                Role.INITIATOR, self._keys(), verify_noise_proof, pattern=pattern,
+                expected_remote=remote.key, remote_static=static, config=self.session_config,
+            )
+            try:
+                conn = await dial(host, port, session, timeout=timeout,
+                                  on_channel=self._on_channel, on_closed=self._on_closed)
+            except HandshakeFailed as exc:
+                # An IK dial fails if the peer's static key changed: retry with XX.
+                last_error = exc
+                continue
+            fut = conn.handshake
+            self._on_handshake(conn, fut, "out")
+            return conn
+        assert last_error is not None
+        raise last_error
+
+    async def ping(self, address: str, host: str, port: int, count: int = 1,
+                   timeout: float = 10.0) -> PingResult:
+        remote = PublicIdentity.from_address(address)
+        if remote == self.public:
+            raise ConnectError("that is this node's own address")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        conn = await self.connect(remote, host, port, timeout=timeout)
+        handshake_ms = (loop.time() - start) * 1000
+        try:
+            rtts = [await conn.ping(timeout) * 1000 for _ in range(max(1, count))]
+        finally:
+            await conn.aclose("ping done")
+        return PingResult(
+            address=remote.address, addr=f"{host}:{port}", path=classify_path(host),
+            pattern=conn.session.pattern.value, handshake_ms=handshake_ms, rtts_ms=rtts,
+            contact=False,
+        )

@@ -1,0 +1,145 @@
+"""The node's one SQLite database: opening, migrations, and a single writer thread.
+
+Schema changes are numbered files in ``schema/`` (``001-initial.sql``, ...),
+applied in order inside a transaction; ``PRAGMA user_version`` records the last
+one applied. The event loop never runs SQL itself: `Database.run` hands a
+function to the database's own thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sidedoor.errors import StorageError
+
+T = TypeVar("T")
+DB_FILE = "sidedoor.db"
+_SCHEMA_NAME = re.compile(r"^(\d{3})-[a-z0-9-]+\.sql$")
+
+
+def migrations() -> list[tuple[int, str]]:
+    """(number, SQL) of every schema file, in order."""
+    found: list[tuple[int, str]] = []
+    for entry in resources.files("sidedoor.storage").joinpath("schema").iterdir():
+        match = _SCHEMA_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), entry.read_text("utf-8")))
+    found.sort()
+    numbers = [n for n, _ in found]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise StorageError(f"schema files are not numbered 1..n without gaps: {numbers}")
+    return found
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """Open (creating if needed) and migrate the database at ``path``."""
+    try:
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        _migrate(conn)
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"cannot open the database {path}: {exc}") from exc
+    return conn
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    (current,) = conn.execute("PRAGMA user_version").fetchone()
+    all_migrations = migrations()
+    if current > len(all_migrations):
+        raise StorageError(
+            f"the database was made by a newer sidedoor (schema {current}, this one knows "
+            f"{len(all_migrations)}); update sidedoor"
+        )
+    for number, sql in all_migrations[current:]:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # executescript would commit our transaction; run the statements one by one.
+            for statement in _statements(sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {number}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _statements(sql: str) -> list[str]:
+    statements: list[str] = []
+    buf = ""
+    for line in sql.splitlines(keepends=True):
+        if line.lstrip().startswith("--"):
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            statements.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        raise StorageError("a schema file ends with an incomplete statement")
+    return statements
+
+
+class Database:
+    """The node's database. Sync methods for the CLI; `run` for the event loop."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / DB_FILE
+        self.conn = connect(self.path)
+        self._lock = threading.Lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidedoor-db")
+
+    def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        with self._lock:
+            try:
+                return fn(self.conn)
+            except sqlite3.Error as exc:
+                raise StorageError(f"database error in {self.path}: {exc}") from exc
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one of the sync methods, ``fn(*args)``, on the database thread."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        with self._lock:
+            self.conn.close()
+
+    # ---------------------------------------------------------- settings
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.call(
+            lambda c: c.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        )
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.call(lambda c: c.execute(
+            "INSERT INTO settings(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value)))
+
+    # ------------------------------------------------------------- peers
+    def remember_peer(self, identity: bytes, noise_static: bytes, addr: str | None,
+                      now: float) -> None:
+        self.call(lambda c: c.execute(
+            "INSERT INTO peers(identity, noise_static, last_addr, last_seen) VALUES(?, ?, ?, ?) "
+            "ON CONFLICT(identity) DO UPDATE SET noise_static = excluded.noise_static, "
+            "last_addr = coalesce(excluded.last_addr, last_addr), last_seen = excluded.last_seen",
+            (identity, noise_static, addr, now)))
+
+    def peer_static(self, identity: bytes) -> bytes | None:
+        row = self.call(lambda c: c.execute(
+            "SELECT noise_static FROM peers WHERE identity = ?", (identity,)).fetchone())
+        return bytes(row[0]) if row else None
+
+    def forget_peer_static(self, identity: bytes) -> None:
+        self.call(lambda c: c.execute("DELETE FROM peers WHERE identity = ?", (identity,)))
