@@ -134,6 +134,13 @@ class PublicIdentity:
         return True
 
 
+def verify_noise_proof(identity: bytes, signature: bytes, noise_static: bytes) -> bool:
+    """Does ``signature`` prove that ``identity`` owns the Noise static key ``noise_static``?"""
+    if len(identity) != KEY_LEN:
+        return False
+    return PublicIdentity(identity).verify(SignatureDomain.NOISE_STATIC, noise_static, signature)
+
+
 def safety_words(a: PublicIdentity, b: PublicIdentity, count: int = 5) -> str:
     """Words both users see on their own screens; the same words mean no one is in between.
 

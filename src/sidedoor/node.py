@@ -32,6 +32,7 @@ from sidedoor.identity import (
     PublicIdentity,
     SignatureDomain,
     load_or_create_identity,
+    verify_noise_proof,
 )
 from sidedoor.net.connection import Connection, dial, new_session
 from sidedoor.proto.messages import CloseCode, IdentityProof
@@ -43,10 +44,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "sidedoor user"
 EVENT_QUEUE_LIMIT = 1000
-
-
-def verify_noise_proof(identity: bytes, signature: bytes, noise_static: bytes) -> bool:
-    return PublicIdentity(identity).verify(SignatureDomain.NOISE_STATIC, noise_static, signature)
 
 
 def classify_path(host: str) -> str:

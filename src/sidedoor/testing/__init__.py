@@ -1,0 +1,1 @@
+"""Helpers for tests: in-memory session pairs, deterministic identities."""
