@@ -39,7 +39,7 @@ from sidedoor.proto.session_events import (
 
 log = logging.getLogger(__name__)
 
-WRITE_HIGH_WATER = 1 << 20
+WRITE_HIGH_WATER = 256 << 10
 CHANNEL_BACKLOG_LIMIT = 1 << 20
 
 # Decides what to do with a channel the peer opens: return True to accept.
@@ -300,7 +300,8 @@ class Connection(asyncio.Protocol):
 
     def _on_session_closed(self, event: SessionClosed) -> None:
         if event.error is not None:
-            log.info("session with %s closed: %s", self.peername, event.error)
+            # Debug only: the owner (the node) logs the refusal or closure once, at INFO.
+            log.debug("session with %s closed: %s", self.peername, event.error)
         if not self.handshake.done():
             err: ProtocolError = event.error or HandshakeFailed(event.reason)
             self.handshake.set_exception(err)

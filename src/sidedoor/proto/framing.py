@@ -29,37 +29,62 @@ def frame_header(body_len: int) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames. Feed bytes in any pieces; get whole frames out."""
+    """Splits a byte stream into frames. Feed bytes in any pieces; get whole frames out.
+
+    Frames wholly inside one ``feed`` come back as memoryviews of the bytes fed
+    (no copy: bulk data passes through at memory speed); only a frame split across
+    two feeds is copied together. The fed ``bytes`` must not be mutated afterwards.
+    """
 
     def __init__(self, max_frame_len: int = MAX_FRAME_LEN) -> None:
         self.max_frame_len = max_frame_len
-        self._buffer = bytearray()
+        self._partial = bytearray()
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        return len(self._partial)
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def _check(self, length: int) -> int:
+        if length == 0:
+            raise MessageError("the peer sent an empty frame")
+        if length > self.max_frame_len:
+            raise FrameTooLarge(
+                f"the peer sent a frame of {length} bytes; the limit here is {self.max_frame_len}"
+            )
+        return length
+
+    def feed(self, data: bytes) -> list[memoryview]:
         """Add bytes; return the frames now complete. Raises on a bad length prefix."""
-        buf = self._buffer
-        buf += data
-        frames: list[bytes] = []
+        view = memoryview(data)
+        end = len(view)
         pos = 0
-        end = len(buf)
-        limit = self.max_frame_len
+        frames: list[memoryview] = []
+        partial = self._partial
+        if partial:
+            if len(partial) < HEADER_LEN:
+                take = min(HEADER_LEN - len(partial), end)
+                partial += view[:take]
+                pos = take
+                if len(partial) < HEADER_LEN:
+                    return frames
+            length = self._check((partial[0] << 8) | partial[1])
+            take = min(HEADER_LEN + length - len(partial), end - pos)
+            partial += view[pos : pos + take]
+            pos += take
+            if len(partial) < HEADER_LEN + length:
+                return frames
+            frames.append(memoryview(bytes(partial[HEADER_LEN:])))
+            partial.clear()
+        check = self._check
         while end - pos >= HEADER_LEN:
-            (length,) = _HEADER.unpack_from(buf, pos)
-            if length == 0:
-                raise MessageError("the peer sent an empty frame")
-            if length > limit:
-                raise FrameTooLarge(
-                    f"the peer sent a frame of {length} bytes; the limit here is {limit}"
-                )
-            if end - pos - HEADER_LEN < length:
-                break
+            length = check((view[pos] << 8) | view[pos + 1])
             start = pos + HEADER_LEN
-            frames.append(bytes(buf[start : start + length]))
+            if end - start < length:
+                break
+            frames.append(view[start : start + length])
             pos = start + length
-        if pos:
-            del buf[:pos]
+        if pos < end:
+            partial += view[pos:]
+            if len(partial) >= HEADER_LEN:
+                check((partial[0] << 8) | partial[1])
         return frames

@@ -186,6 +186,24 @@ class CipherState:
         self.n = n + 1
         return ciphertext
 
+    def encrypt_in_place(self, buf: memoryview) -> None:
+        """Encrypt ``buf[:-TAG_LEN]`` where it lies, writing the tag into the last 16 bytes.
+
+        The bulk-data path: the session lays out plaintext in its output buffer and
+        encrypts it there, sparing two copies of every 64 KiB message.
+        """
+        aead = self._aead
+        if aead is None:
+            raise LocalProtocolError("this CipherState has no key; it cannot carry transport data")
+        size = len(buf) - TAG_LEN
+        if not 0 <= size <= _MAX_PLAINTEXT:
+            raise LocalProtocolError(f"a transport payload is at most {_MAX_PLAINTEXT} bytes")
+        n = self.n
+        if n >= MAX_NONCE:
+            raise LocalProtocolError("the sending nonce is exhausted; the session must end")
+        aead.encrypt_into(_NONCE(n), buf[:size], None, buf)
+        self.n = n + 1
+
     def decrypt(self, ciphertext: bytes) -> bytes:
         """Decrypt one transport message (raises DecryptError); the nonce advances on success."""
         aead = self._aead

@@ -47,7 +47,7 @@ from sidedoor.errors import (
 )
 from sidedoor.proto import messages as m
 from sidedoor.proto.framing import MAX_FRAME_LEN, FrameDecoder, frame_header
-from sidedoor.proto.noise import CipherState, HandshakeState, Pattern
+from sidedoor.proto.noise import TAG_LEN, CipherState, HandshakeState, Pattern
 from sidedoor.proto.session_events import (
     ChannelAccepted,
     ChannelClosed,
@@ -72,6 +72,8 @@ MAX_DATA_CHUNK = MAX_PLAINTEXT - m.DATA_HEADER.size
 HANDSHAKE_FRAME_LIMIT = 1024
 MAX_PENDING_PINGS = 16
 MAX_CONTROL_BACKLOG = 1 << 20
+MAX_RESET_MEMORY = 1024
+_FRAME_OVERHEAD = 2 + TAG_LEN  # length prefix and AEAD tag
 
 # Verifies an identity proof: (identity key, signature, signed noise static) -> ok?
 ProofVerifier = Callable[[bytes, bytes, bytes], bool]
@@ -172,6 +174,8 @@ class Session:
         self._channels: dict[int, _Channel] = {}
         self._next_channel = 1 if role is Role.INITIATOR else 2
         self._rr: deque[int] = deque()  # channels with data waiting, round robin
+        # Channels we reset: the peer may still have messages for them in flight.
+        self._reset_ids: dict[int, None] = {}
         self._pings: dict[int, float] = {}
         self._next_ping = 1
         self._deadline: float | None = None
@@ -194,7 +198,7 @@ class Session:
                 prologue=preamble, remote_static=self._remote_static_hint,
             )
             payload = m.encode_proof(self._keys.proof) if self.pattern is Pattern.IK else b""
-            self._out.append(preamble)
+            self._queue_raw(preamble)
             self._queue_frame(self._hs.write_message(payload))
 
     # ----------------------------------------------------------- receiving
@@ -210,6 +214,8 @@ class Session:
                 data = self._receive_preamble(data, now)
                 if not data:
                     return
+            if self.state is State.HANDSHAKE:
+                data = self._receive_handshake_bytes(data, now)
             for frame in self._frames.feed(data):
                 if self.state is State.HANDSHAKE:
                     self._receive_handshake(frame, now)
@@ -233,7 +239,7 @@ class Session:
             raise HandshakeFailed("the peer is not a sidedoor node (wrong greeting)")
         version = preamble[4]
         if self.role is Role.RESPONDER:
-            self._out.append(MAGIC + bytes([PROTOCOL_VERSION, 0]))
+            self._queue_raw(MAGIC + bytes([PROTOCOL_VERSION, 0]))
             if version != PROTOCOL_VERSION:
                 raise VersionMismatch(_version_message(version))
             pattern = _CODE_PATTERNS.get(preamble[5])
@@ -248,12 +254,28 @@ class Session:
         self.state = State.HANDSHAKE
         return rest
 
-    def _receive_handshake(self, frame: bytes, now: float) -> None:
+    def _receive_handshake_bytes(self, data: bytes, now: float) -> bytes:
+        """Feed handshake bytes until the handshake ends; return the bytes after it.
+
+        The 1 KiB handshake frame limit must stop exactly where the handshake ends:
+        transport frames (up to 64 KiB) may follow in the same read, and
+        `FrameDecoder.feed` checks every frame header it is given. So the bytes go in
+        one at a time; that is bounded, as a handshake frame is at most 1026 bytes and
+        a side reads at most two of them before it opens or fails.
+        """
+        i = 0
+        while self.state is State.HANDSHAKE and i < len(data):
+            for frame in self._frames.feed(data[i : i + 1]):
+                self._receive_handshake(frame, now)
+            i += 1
+        return data[i:]
+
+    def _receive_handshake(self, frame: memoryview, now: float) -> None:
         hs = self._hs
         assert hs is not None
         if hs.is_my_turn:
             raise MessageError("the peer sent a handshake message out of turn")
-        payload = hs.read_message(frame)
+        payload = hs.read_message(bytes(frame))
         if hs.remote_static is not None and payload:
             self._check_proof(payload, hs.remote_static)
         elif hs.remote_static is not None and self.remote_identity is None:
@@ -298,7 +320,7 @@ class Session:
             )
         )
 
-    def _receive_transport(self, frame: bytes, now: float) -> None:
+    def _receive_transport(self, frame: memoryview, now: float) -> None:
         assert self._recv_cipher is not None
         plain = self._recv_cipher.decrypt(frame)
         if not plain:
@@ -317,6 +339,8 @@ class Session:
 
     def _receive_channel_data(self, channel_id: int, data: bytes) -> None:
         ch = self._channels.get(channel_id)
+        if ch is None and channel_id in self._reset_ids:
+            return  # in flight when we reset the channel
         if ch is None or ch.state is not _ChannelState.OPEN:
             raise MessageError(f"the peer sent data on channel {channel_id}, which is not open")
         if ch.remote_ended:
@@ -344,6 +368,8 @@ class Session:
                 self._receive_channel_open(cid, kind, window, meta)
             case m.ChannelAccept(channel=cid, window=window):
                 ch = self._channels.get(cid)
+                if ch is None and cid in self._reset_ids:
+                    return
                 if ch is None or ch.state is not _ChannelState.OPENING:
                     raise MessageError(f"the peer accepted channel {cid}, which we did not offer")
                 _check_window(window)
@@ -353,11 +379,15 @@ class Session:
                 self._schedule(ch)
             case m.ChannelReject(channel=cid, reason=reason):
                 ch = self._channels.get(cid)
+                if ch is None and cid in self._reset_ids:
+                    return
                 if ch is None or ch.state is not _ChannelState.OPENING:
                     raise MessageError(f"the peer rejected channel {cid}, which we did not offer")
                 del self._channels[cid]
                 self._events.append(ChannelRejected(cid, reason[: m.MAX_REASON_LEN]))
             case m.ChannelEnd(channel=cid):
+                if cid not in self._channels and cid in self._reset_ids:
+                    return
                 ch = self._open_channel_or_fail(cid)
                 if ch.remote_ended:
                     raise MessageError(f"the peer ended channel {cid} twice")
@@ -365,6 +395,7 @@ class Session:
                 self._events.append(ChannelEnded(cid))
                 self._maybe_forget(ch)
             case m.ChannelReset(channel=cid, reason=reason):
+                self._reset_ids.pop(cid, None)  # the peer sends nothing more on it
                 if self._channels.pop(cid, None) is not None:
                     self._events.append(ChannelClosed(cid, reason[: m.MAX_REASON_LEN]))
             case m.WindowUpdate(channel=cid, increment=increment):
@@ -384,6 +415,7 @@ class Session:
             raise MessageError(f"the peer opened channel {cid}, a number it may not use")
         if cid in self._channels:
             raise MessageError(f"the peer opened channel {cid} twice")
+        self._reset_ids.pop(cid, None)  # the peer saw our reset and reuses the number
         if len(kind) > m.MAX_KIND_LEN or len(meta) > m.MAX_META_LEN:
             raise MessageError("the peer's channel request is over the size limits")
         _check_window(window)
@@ -457,6 +489,9 @@ class Session:
     def reset_channel(self, cid: int, reason: str) -> None:
         if self._channels.pop(cid, None) is None:
             return
+        self._reset_ids[cid] = None
+        if len(self._reset_ids) > MAX_RESET_MEMORY:
+            del self._reset_ids[next(iter(self._reset_ids))]
         if self.state is State.OPEN:
             self._queue_control(m.ChannelReset(cid, reason[: m.MAX_REASON_LEN]))
         self._events.append(ChannelClosed(cid, reason))
@@ -532,26 +567,53 @@ class Session:
         self._terminate(m.CloseCode.PROTOCOL_ERROR if error else m.CloseCode.NORMAL,
                         str(error) if error else reason, by_peer=True, error=error)
 
-    def data_to_send(self, limit: int = 1 << 20) -> bytes:
-        """Bytes for the transport, at most about ``limit`` (whole frames only)."""
-        out = self._out
+    def data_to_send(self, limit: int = 1 << 20) -> bytes | bytearray:
+        """Bytes for the transport, at most about ``limit`` (whole frames only).
+
+        Transport messages are laid out in one buffer and encrypted in place, in
+        nonce order: control messages first, then channel data round robin.
+        """
+        plan: list[tuple[bytes, list[memoryview], int]] = []
         size = self._out_bytes
         control = self._control
-        while control and (size < limit or not out):
+        while control and (size < limit or not (plan or self._out)):
             body = control.popleft()
             self._control_bytes -= len(body)
-            size += self._emit(body)
+            plan.append((body, [], 0))
+            size += len(body) + _FRAME_OVERHEAD
         if self.state is State.OPEN and not self._close_after_flush:
-            size = self._emit_channels(size, limit)
+            size = self._plan_channels(plan, size, limit)
+        if not plan and not self._out:
+            return b""
+        buf = bytearray(size)
+        view = memoryview(buf)
+        pos = 0
+        for piece in self._out:
+            view[pos : pos + len(piece)] = piece
+            pos += len(piece)
         self._out = []
         self._out_bytes = 0
-        if not out:
-            return b""
-        data = b"".join(out)
-        self.bytes_sent += len(data)
-        return data
+        cipher = self._send_cipher
+        for head, payload, n in plan:
+            assert cipher is not None
+            body_len = len(head) + n + TAG_LEN
+            view[pos : pos + 2] = frame_header(body_len)
+            start = pos = pos + 2
+            view[pos : pos + len(head)] = head
+            pos += len(head)
+            for part in payload:
+                view[pos : pos + len(part)] = part
+                pos += len(part)
+            cipher.encrypt_in_place(view[start : start + body_len])
+            pos = start + body_len
+        view.release()
+        assert pos == size
+        self.bytes_sent += size
+        return buf
 
-    def _emit_channels(self, size: int, limit: int) -> int:
+    def _plan_channels(
+        self, plan: list[tuple[bytes, list[memoryview], int]], size: int, limit: int
+    ) -> int:
         rr = self._rr
         while rr and size < limit:
             cid = rr.popleft()
@@ -559,18 +621,22 @@ class Session:
             if ch is None:
                 continue
             if ch.pending_bytes and ch.send_credit > 0:
-                size += self._emit_chunk(ch)
+                n = min(MAX_DATA_CHUNK, ch.send_credit, ch.pending_bytes)
+                plan.append((m.encode_data_header(cid), self._take(ch, n), n))
+                size += m.DATA_HEADER.size + n + _FRAME_OVERHEAD
             elif ch.local_ended and not ch.end_sent and not ch.pending_bytes:
                 ch.end_sent = True
-                size += self._emit(m.encode_control(m.ChannelEnd(cid)))
+                body = m.encode_control(m.ChannelEnd(cid))
+                plan.append((body, [], 0))
+                size += len(body) + _FRAME_OVERHEAD
                 self._maybe_forget(ch)
             if self._has_output(ch):
                 rr.append(cid)
         return size
 
-    def _emit_chunk(self, ch: _Channel) -> int:
-        n = min(MAX_DATA_CHUNK, ch.send_credit, ch.pending_bytes)
-        parts = [m.encode_data_header(ch.id)]
+    @staticmethod
+    def _take(ch: _Channel, n: int) -> list[memoryview]:
+        parts: list[memoryview] = []
         need = n
         pending = ch.pending
         while need:
@@ -585,20 +651,15 @@ class Session:
                 need = 0
         ch.pending_bytes -= n
         ch.send_credit -= n
-        return self._emit(b"".join(parts))
+        return parts
 
-    def _emit(self, plaintext: bytes) -> int:
-        assert self._send_cipher is not None
-        body = self._send_cipher.encrypt(plaintext)
-        self._out.append(frame_header(len(body)))
-        self._out.append(body)
-        n = len(body) + 2
-        self._out_bytes += n
-        return n
+    def _queue_raw(self, data: bytes) -> None:
+        """Bytes that leave as they are: the preamble and handshake frames."""
+        self._out.append(data)
+        self._out_bytes += len(data)
 
     def _queue_frame(self, body: bytes) -> None:
-        self._out.append(frame_header(len(body)) + body)
-        self._out_bytes += len(body) + 2
+        self._queue_raw(frame_header(len(body)) + body)
 
     def _queue_control(self, msg: m.ControlMessage) -> None:
         if self.state is State.CLOSED:

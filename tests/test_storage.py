@@ -1,0 +1,90 @@
+"""The node database: migrations, settings, peers."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sidedoor.errors import StorageError
+from sidedoor.storage import db as dbmod
+from sidedoor.storage.db import Database, connect, migrations
+
+
+def test_migrations_are_numbered_without_gaps() -> None:
+    numbers = [n for n, _ in migrations()]
+    assert numbers == list(range(1, len(numbers) + 1))
+
+
+def test_fresh_database_is_migrated_and_reopens(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "x.db")
+    (version,) = conn.execute("PRAGMA user_version").fetchone()
+    assert version == len(migrations())
+    (mode,) = conn.execute("PRAGMA journal_mode").fetchone()
+    assert mode == "wal"
+    conn.close()
+    conn = connect(tmp_path / "x.db")  # a second open applies nothing and fails on nothing
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == version
+    conn.close()
+
+
+def test_database_from_a_newer_sidedoor_is_refused(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("PRAGMA user_version = 999")
+    conn.close()
+    with pytest.raises(StorageError, match="newer sidedoor"):
+        connect(tmp_path / "x.db")
+
+
+def test_failed_migration_rolls_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = migrations()
+    broken = [*good, (len(good) + 1, "CREATE TABLE ok_table (x INTEGER);\nNOT SQL;\n")]
+    monkeypatch.setattr(dbmod, "migrations", lambda: broken)
+    with pytest.raises(StorageError):
+        connect(tmp_path / "x.db")
+    conn = sqlite3.connect(tmp_path / "x.db")
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(good)
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "ok_table" not in tables
+    conn.close()
+
+
+def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "x.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError, match="cannot open"):
+        connect(tmp_path / "x.db")
+
+
+def test_settings_and_peers(tmp_path: Path) -> None:
+    db = Database(tmp_path)
+    try:
+        assert db.get_setting("name") is None
+        assert db.get_setting("name", "x") == "x"
+        db.set_setting("name", "Alice")
+        db.set_setting("name", "Alice B")
+        assert db.get_setting("name") == "Alice B"
+        key, static = bytes(32), bytes([1]) * 32
+        assert db.peer_static(key) is None
+        db.remember_peer(key, static, "127.0.0.1:1", 1.0)
+        db.remember_peer(key, static, None, 2.0)  # keeps the last known address
+        assert db.peer_static(key) == static
+        row = db.conn.execute("SELECT last_addr, last_seen FROM peers").fetchone()
+        assert row == ("127.0.0.1:1", 2.0)
+        with pytest.raises(StorageError):
+            db.remember_peer(b"short", static, None, 3.0)
+    finally:
+        db.close()
+
+
+async def test_run_uses_the_database_thread(tmp_path: Path) -> None:
+    import threading
+
+    db = Database(tmp_path)
+    try:
+        await db.run(db.set_setting, "k", "v")
+        assert await db.run(db.get_setting, "k") == "v"
+        name = await db.run(lambda: threading.current_thread().name)
+        assert name.startswith("sidedoor-db")
+    finally:
+        db.close()
