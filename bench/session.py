@@ -26,10 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from sidedoor.identity import verify_noise_proof
 from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import Role
-from sidedoor.identity import verify_noise_proof
 from sidedoor.testing.sessions import identity_from, local_keys
 
 CHUNK = 256 * 1024
@@ -43,6 +43,8 @@ async def sidedoor_receiver(port_file: Path) -> None:
     loop = asyncio.get_running_loop()
     done = asyncio.Event()
 
+    sinks: set[asyncio.Task[None]] = set()
+
     def on_channel(conn: Connection, stream: ChannelStream) -> None:
         async def sink() -> None:
             total = 0
@@ -50,7 +52,9 @@ async def sidedoor_receiver(port_file: Path) -> None:
                 total += len(chunk)
             await stream.write(str(total).encode())
             stream.end()
-        loop.create_task(sink())
+        task = loop.create_task(sink())
+        sinks.add(task)
+        task.add_done_callback(sinks.discard)
 
     def factory() -> Connection:
         session = new_session(Role.RESPONDER, local_keys(bob), verify_noise_proof)
@@ -59,7 +63,7 @@ async def sidedoor_receiver(port_file: Path) -> None:
         return conn
 
     server = await loop.create_server(factory, HOST, 0)
-    port_file.write_text(str(server.sockets[0].getsockname()[1]))
+    port_file.write_text(str(server.sockets[0].getsockname()[1]))  # noqa: ASYNC240
     await done.wait()
     server.close()
 
@@ -88,7 +92,7 @@ async def raw_receiver(port_file: Path) -> None:
     loop = asyncio.get_running_loop()
     finished: asyncio.Future[int] = loop.create_future()
     server = await loop.create_server(lambda: _RawSink(finished), HOST, 0)
-    port_file.write_text(str(server.sockets[0].getsockname()[1]))
+    port_file.write_text(str(server.sockets[0].getsockname()[1]))  # noqa: ASYNC240
     await finished
     server.close()
 

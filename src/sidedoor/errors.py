@@ -19,7 +19,8 @@ The hierarchy::
             ├── HandshakeFailed      the Noise handshake did not complete (bad bytes, bad MAC)
             ├── IdentityMismatch     the peer proved a different identity than the one dialled
             ├── VersionMismatch      the peer speaks another protocol version
-            ├── DecryptError         a transport message failed authentication (forged, replayed, reordered)
+            ├── DecryptError         a transport message failed authentication
+            │                        (forged, replayed, reordered)
             ├── MessageError         a message that is malformed or not allowed in this state
             ├── FlowControlError     the peer sent more than it was given credit for
             └── PeerTimeout          the peer went silent (handshake or idle timeout)

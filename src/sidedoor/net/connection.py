@@ -306,7 +306,8 @@ class Connection(asyncio.Protocol):
             err: ProtocolError = event.error or HandshakeFailed(event.reason)
             self.handshake.set_exception(err)
             self.handshake.exception()  # mark retrieved: callers may have given up waiting
-        for fut in [*self._pings.values(), *self._opening.values()]:
+        waiting: list[asyncio.Future[Any]] = [*self._pings.values(), *self._opening.values()]
+        for fut in waiting:
             if not fut.done():
                 fut.set_exception(ChannelClosedError(f"the session closed: {event.reason}"))
                 fut.exception()

@@ -53,7 +53,7 @@ class FrameDecoder:
             )
         return length
 
-    def feed(self, data: bytes) -> list[memoryview]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         """Add bytes; return the frames now complete. Raises on a bad length prefix."""
         view = memoryview(data)
         end = len(view)

@@ -119,7 +119,7 @@ class CloseCode:
 
 
 _encoder = msgspec.msgpack.Encoder()
-_control_decoder = msgspec.msgpack.Decoder(ControlMessage)  # type: ignore[arg-type]
+_control_decoder = msgspec.msgpack.Decoder(ControlMessage)
 _proof_decoder = msgspec.msgpack.Decoder(IdentityProof)
 _any_decoder = msgspec.msgpack.Decoder()
 
@@ -149,14 +149,15 @@ def decode_control(body: bytes | memoryview) -> ControlMessage | UnknownOptional
             f"the peer sent control message type {type_number}, which this version does not "
             "know and must not ignore; one of you needs to update sidedoor"
         ) from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        # msgspec raises UnicodeDecodeError itself for a str that is not UTF-8.
         raise MessageError(f"undecodable control message: {exc}") from exc
 
 
 def _type_number(body: bytes | memoryview) -> int | None:
     try:
         value = _any_decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError):
         return None
     if isinstance(value, list) and value and type(value[0]) is int and value[0] >= 0:
         return value[0]

@@ -204,7 +204,7 @@ class CipherState:
         aead.encrypt_into(_NONCE(n), buf[:size], None, buf)
         self.n = n + 1
 
-    def decrypt(self, ciphertext: bytes) -> bytes:
+    def decrypt(self, ciphertext: bytes | bytearray | memoryview) -> bytes:
         """Decrypt one transport message (raises DecryptError); the nonce advances on success."""
         aead = self._aead
         if aead is None:

@@ -203,7 +203,7 @@ class Session:
 
     # ----------------------------------------------------------- receiving
 
-    def receive_data(self, data: bytes, now: float) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview, now: float) -> None:
         if self.state is State.CLOSED or not data:
             return
         self.bytes_received += len(data)
@@ -226,7 +226,9 @@ class Session:
         except RemoteProtocolError as exc:
             self._fail(exc)
 
-    def _receive_preamble(self, data: bytes, now: float) -> bytes:
+    def _receive_preamble(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
         need = PREAMBLE_LEN - len(self._preamble_buf)
         self._preamble_buf += data[:need]
         rest = data[need:]
@@ -244,7 +246,9 @@ class Session:
                 raise VersionMismatch(_version_message(version))
             pattern = _CODE_PATTERNS.get(preamble[5])
             if pattern is None:
-                raise HandshakeFailed(f"the peer asked for an unknown handshake pattern {preamble[5]}")
+                raise HandshakeFailed(
+                    f"the peer asked for an unknown handshake pattern {preamble[5]}"
+                )
             self.pattern = pattern
             self._hs = HandshakeState(
                 pattern, False, self._keys.static_private, self._ephemeral, prologue=preamble
@@ -254,7 +258,9 @@ class Session:
         self.state = State.HANDSHAKE
         return rest
 
-    def _receive_handshake_bytes(self, data: bytes, now: float) -> bytes:
+    def _receive_handshake_bytes(
+        self, data: bytes | bytearray | memoryview, now: float
+    ) -> bytes | bytearray | memoryview:
         """Feed handshake bytes until the handshake ends; return the bytes after it.
 
         The 1 KiB handshake frame limit must stop exactly where the handshake ends:

@@ -6,6 +6,7 @@ import hashlib
 from dataclasses import dataclass, field
 
 from sidedoor.identity import Identity, SignatureDomain, verify_noise_proof
+from sidedoor.proto.framing import encode_frame
 from sidedoor.proto.messages import IdentityProof
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, Session, SessionConfig
@@ -92,3 +93,16 @@ def session_pair(
         initiator.start(0.0)
         responder.start(0.0)
     return pair
+
+
+def forge_transport(sender: Session, plaintext: bytes) -> bytes:
+    """A framed transport message carrying any ``plaintext``, as ``sender`` would send it.
+
+    For testing the receiving side with messages an honest session never sends. It
+    uses the sender's own send cipher, so the peer decrypts it; the sender's nonce
+    advances, so deliver these bytes before anything the sender emits afterwards.
+    """
+    cipher = sender._send_cipher
+    if cipher is None:
+        raise ValueError("the session has no transport keys yet (the handshake is not done)")
+    return encode_frame(cipher.encrypt(plaintext))
