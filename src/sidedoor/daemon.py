@@ -50,10 +50,11 @@ async def run_node(
     loop = asyncio.get_running_loop()
     async with Node(home, host=host, port=port) as node:
         control = ControlServer(node)
+        # Handlers go in before control.json appears: whoever sees that file may signal us.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
         try:
             await control.start()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, node.stop)
             if on_ready is not None:
                 status = node.status()
                 status["control_port"] = control.port

@@ -48,6 +48,7 @@ class ControlServer:
         self.port = 0
         self._runner: web.AppRunner | None = None
         self._allowed_hosts: set[str] = set()
+        self._event_queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
 
     @property
     def control_path(self) -> Path:
@@ -86,6 +87,12 @@ class ControlServer:
     async def aclose(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.control_path.unlink()
+        # End the event streams first: the runner waits for every open request to finish.
+        for queue in list(self._event_queues):
+            self.node.events.unsubscribe(queue)
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
@@ -174,6 +181,7 @@ class ControlServer:
         })
         await response.prepare(request)
         queue = self.node.events.subscribe()
+        self._event_queues.add(queue)
         try:
             await response.write(b": connected\n\n")
             while True:
@@ -189,6 +197,7 @@ class ControlServer:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
+            self._event_queues.discard(queue)
             self.node.events.unsubscribe(queue)
         return response
 

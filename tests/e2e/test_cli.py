@@ -1,0 +1,350 @@
+"""The `sidedoor` command, run as a user runs it: ``python -m sidedoor`` subprocesses.
+
+Every call has a timeout; every node started here listens on 127.0.0.1 only and is
+stopped (or killed) at teardown. A CLI process costs about a second of start-up, so
+each behaviour is shown once in a real subprocess (exit code, stderr, signals), and
+the longer tables of bad input go through the same click command in process
+(`sd_in`), which exercises the same code in a fraction of the time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from sidedoor.cli.main import cli
+from sidedoor.daemon import wait_for_exit
+from sidedoor.home import CONTROL_FILE, LOCK_FILE, LOG_FILE
+from sidedoor.identity import KEY_FILE, load_or_create_identity
+
+CALL_TIMEOUT = 30.0
+COMMANDS = ["id", "name", "up", "down", "status", "ping"]
+Result = subprocess.CompletedProcess[str]
+
+
+# ------------------------------------------------------------------ helpers
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "SIDEDOOR_HOME"}
+    env["COLUMNS"] = "200"
+    return env
+
+
+def _argv(home: Path | None, args: tuple[str, ...]) -> list[str]:
+    argv = [sys.executable, "-m", "sidedoor"]
+    if home is not None:
+        argv += ["--home", str(home)]
+    return argv + list(args)
+
+
+def sd(home: Path | None, *args: str, timeout: float = CALL_TIMEOUT) -> Result:
+    """Run ``python -m sidedoor --home HOME ARGS...`` in a subprocess."""
+    return subprocess.run(_argv(home, args), capture_output=True, text=True, timeout=timeout,
+                          env=_env(), stdin=subprocess.DEVNULL, check=False)
+
+
+def sd_in(home: Path | None, *args: str) -> Result:
+    """The same command line, run in this process through click (for long tables of cases)."""
+    argv = (["--home", str(home)] if home is not None else []) + list(args)
+    result = CliRunner().invoke(cli, argv, prog_name="sidedoor", env={"SIDEDOOR_HOME": None})
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a crash, not a handled error
+    return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, result.stderr)
+
+
+def ok(result: Result) -> Result:
+    assert result.returncode == 0, (result.args, result.stdout, result.stderr)
+    return result
+
+
+def as_json(result: Result) -> Any:
+    return json.loads(ok(result).stdout)
+
+
+def failed(result: Result, *words: str) -> str:
+    """Exit 1 with one clear line on stderr, no traceback, containing ``words``."""
+    assert result.returncode == 1, (result.args, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert message.startswith("error:"), message
+    for word in words:
+        assert word in message, (word, message)
+    return message
+
+
+def usage_error(result: Result) -> None:
+    assert result.returncode == 2, (result.args, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert "Usage:" in result.stderr, result.stderr
+
+
+def new_identity(home: Path) -> str:
+    """Create an identity without a subprocess; return its address."""
+    identity, _ = load_or_create_identity(home)
+    return identity.address
+
+
+def free_port() -> int:
+    with socket.socket() as probe:  # free a moment ago; nobody listens there
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def lock_free(home: Path) -> bool:
+    """No process holds the home's lock: no node runs for it."""
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def stop_node(home: Path) -> None:
+    """Best effort, for teardown: `down`, else kill the pid named in the lock file."""
+    if lock_free(home):
+        return
+    with contextlib.suppress(Exception):
+        sd_in(home, "down")
+    if wait_for_exit(home, timeout=5):
+        return
+    with contextlib.suppress(OSError, ValueError):
+        os.kill(int((home / LOCK_FILE).read_text().strip()), signal.SIGKILL)
+
+
+@dataclass
+class Detached:
+    home: Path
+    address: str
+    port: int
+    pid: int
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+@contextlib.contextmanager
+def detached_node(home: Path) -> Iterator[Detached]:
+    """``sidedoor up --detach --host 127.0.0.1`` for the block; stopped afterwards."""
+    try:
+        result = ok(sd(home, "up", "--detach", "--host", "127.0.0.1"))
+        assert "Node started" in result.stdout
+        status = as_json(sd_in(home, "status", "--json"))
+        assert status["address"] in result.stdout
+        yield Detached(home, status["address"], status["port"], status["pid"])
+    finally:
+        stop_node(home)
+
+
+@pytest.fixture(scope="module")
+def node_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detached]:
+    """One background node shared by the tests of this module (they do not stop it)."""
+    with detached_node(tmp_path_factory.mktemp("cli") / "a") as node:
+        yield node
+
+
+# ----------------------------------------------------------- identity, name
+
+def test_id_and_name(tmp_path: Path) -> None:
+    home = tmp_path / "new" / "home"  # created on first use
+    first = ok(sd(home, "id"))
+    assert "Created a new identity" in first.stdout
+    key = home / KEY_FILE
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+    assert "Ada Lovelace" in ok(sd(home, "name", "  Ada Lovelace ")).stdout
+    info = as_json(sd(home, "id", "--json"))
+    assert info["created"] is False  # the same key, loaded again
+    assert info["name"] == "Ada Lovelace"
+    assert info["address"].startswith("sd") and len(info["address"]) == 58
+    assert info["address"] in first.stdout and info["fingerprint"] in first.stdout
+    assert len(info["fingerprint"].split("-")) == 4
+    assert info["home"] == str(home)
+
+
+def test_bad_names_are_usage_errors(home: Path) -> None:
+    for bad in (" ", "", "x" * 65):
+        usage_error(sd_in(home, "name", bad))
+    usage_error(sd_in(home, "name"))
+
+
+def test_readable_key_file_is_refused(home: Path) -> None:
+    new_identity(home)
+    key = home / KEY_FILE
+    key.chmod(0o644)
+    try:
+        for result in (sd(home, "id"), sd(home, "up", "--host", "127.0.0.1"),
+                       sd_in(home, "up", "--detach", "--host", "127.0.0.1")):
+            message = failed(result, "chmod 600", str(key))
+            assert "other users" in message
+        assert not (home / CONTROL_FILE).exists()
+    finally:
+        stop_node(home)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o644  # reported, not silently "fixed"
+
+
+# ------------------------------------------------------------ a running node
+
+def test_status_of_a_running_node(node_a: Detached) -> None:
+    status = as_json(sd(node_a.home, "status", "--json"))
+    assert status["running"] is True
+    assert status["address"] == node_a.address and status["pid"] == node_a.pid
+    assert status["port"] == node_a.port > 0
+    assert status["listening"] == [node_a.addr]
+    assert 0 <= status["uptime"] < 120
+    assert isinstance(status["sessions"], list)
+    assert stat.S_IMODE((node_a.home / CONTROL_FILE).stat().st_mode) == 0o600
+
+    text = ok(sd_in(node_a.home, "status")).stdout
+    assert "Running" in text and node_a.address in text and node_a.addr in text
+
+
+def test_name_shows_in_status(node_a: Detached) -> None:
+    ok(sd(node_a.home, "name", "Grace Hopper"))
+    assert as_json(sd_in(node_a.home, "status", "--json"))["name"] == "Grace Hopper"
+    assert as_json(sd_in(node_a.home, "id", "--json"))["name"] == "Grace Hopper"
+
+
+def test_one_node_per_home(node_a: Detached) -> None:
+    failed(sd(node_a.home, "up", "--detach", "--host", "127.0.0.1"), "already running")
+    failed(sd(node_a.home, "up", "--host", "127.0.0.1"), "already running")
+    assert as_json(sd_in(node_a.home, "status", "--json"))["pid"] == node_a.pid
+
+
+def test_ping_without_a_running_node(node_a: Detached, home: Path) -> None:
+    new_identity(home)
+    text = ok(sd(home, "ping", node_a.address, "--addr", node_a.addr, "-c", "2"))
+    assert "reachable; not a contact" in text.stdout
+    assert "round trip 2" in text.stdout
+
+    data = as_json(sd_in(home, "ping", node_a.address, "--addr", node_a.addr, "--json"))
+    assert data["reachable"] is True and data["contact"] is False
+    assert data["address"] == node_a.address and data["addr"] == node_a.addr
+    assert len(data["rtts_ms"]) == 3 and all(rtt >= 0 for rtt in data["rtts_ms"])
+    assert data["pattern"] == "IK"  # the first ping taught this home the node's static key
+    assert not (home / CONTROL_FILE).exists()  # the one-shot node did not linger
+
+
+def test_ping_through_a_running_node_then_down(node_a: Detached, home: Path) -> None:
+    with detached_node(home) as b:
+        data = as_json(sd(home, "ping", node_a.address, "--addr", node_a.addr, "--json"))
+        assert data["reachable"] is True and len(data["rtts_ms"]) == 3
+        # B's node made the session (its log says so), not a one-shot node in the command.
+        assert f"session out with {node_a.address}" in (home / LOG_FILE).read_text()
+
+        assert "Node stopped" in ok(sd(home, "down")).stdout
+        assert lock_free(home)  # the lock is free: the process is gone
+        assert not (home / CONTROL_FILE).exists()
+        failed(sd(home, "status"), "no node is running")
+        failed(sd_in(home, "down"), "no node is running")
+        stopped = sd_in(home, "status", "--json")
+        assert stopped.returncode == 1 and json.loads(stopped.stdout)["running"] is False
+        assert b.pid != node_a.pid
+
+
+def test_ping_errors(node_a: Detached, home: Path) -> None:
+    new_identity(home)
+    a = node_a.address
+    typo = a[:20] + ("x" if a[20] != "x" else "y") + a[21:]
+    failed(sd(home, "ping", typo, "--addr", node_a.addr), "this address has a typo")
+    failed(sd(home, "ping", a, "--addr", "127.0.0.1"), "HOST:PORT")
+
+    for bad in (typo, a[:-3], a + "q", a.replace(a[5], "!", 1)):
+        failed(sd_in(home, "ping", bad, "--addr", node_a.addr), "this address has a typo")
+    failed(sd_in(home, "ping", "hello", "--addr", node_a.addr), "not a sidedoor address")
+    for addr, words in (("127.0.0.1:99999", "out of range"), ("127.0.0.1:0", "out of range"),
+                        ("127.0.0.1:http", "not a port number"), (":7070", "HOST:PORT"),
+                        ("", "HOST:PORT")):
+        failed(sd_in(home, "ping", a, "--addr", addr), words)
+    # Fine addresses, wrong place: someone else's node, and nobody at all.
+    other = new_identity(home.parent / "other")
+    failed(sd_in(home, "ping", other, "--addr", node_a.addr, "--timeout", "5"),
+           "not the one you asked for")
+    port = free_port()
+    failed(sd_in(home, "ping", a, "--addr", f"127.0.0.1:{port}", "--timeout", "3"),
+           f"127.0.0.1:{port}")
+    failed(sd_in(home, "ping", new_identity(home), "--addr", node_a.addr), "own address")
+
+
+def test_debug_shows_the_traceback(home: Path) -> None:
+    result = sd(home, "--debug", "ping", "sdnope", "--addr", "127.0.0.1:1")
+    assert result.returncode == 1
+    assert "Traceback" in result.stderr and "InvalidAddress" in result.stderr
+
+
+# -------------------------------------------------------------------- usage
+
+def test_usage_errors_exit_2(home: Path) -> None:
+    usage_error(sd(home, "frobnicate"))
+    usage_error(sd(home, "status", "--frob"))
+    for args in (("ping", "sdabc"), ("ping",), ("ping", "sdabc", "--addr", "1.2.3.4:1", "-c", "0"),
+                 ("ping", "sdabc", "--addr", "1.2.3.4:1", "--timeout", "0"),
+                 ("up", "--port", "70000"), ("up", "--port", "x"), ("--no-such-option", "id"),
+                 ("id", "extra"), ("down", "--json")):
+        usage_error(sd_in(home, *args))
+    assert not (home / KEY_FILE).exists()  # nothing ran
+
+
+def test_every_command_has_help_with_an_example() -> None:
+    real = ok(sd(None, "up", "--help")).stdout
+    assert "Example" in real and "--detach" in real
+    for command in COMMANDS:
+        text = ok(sd_in(None, command, "--help")).stdout
+        assert "Example" in text, (command, text)
+        assert text.startswith(f"Usage: sidedoor {command}"), text
+    top = ok(sd_in(None, "--help")).stdout
+    assert all(command in top for command in COMMANDS)
+    assert "sidedoor up --detach" in top  # the overview walks through first steps
+
+
+# --------------------------------------------------------------- foreground
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_foreground_up_stops_cleanly_on_signal(home: Path, sig: signal.Signals) -> None:
+    control = home / CONTROL_FILE
+    proc = subprocess.Popen(_argv(home, ("up", "--host", "127.0.0.1")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 15
+        while not control.exists():  # written once the node and its API are up
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the node did not start within 15 s"
+            time.sleep(0.05)
+        assert json.loads(control.read_text())["pid"] == proc.pid
+        start = time.monotonic()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=10)
+        assert time.monotonic() - start < 10
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, (out, err)
+    assert "Traceback" not in err
+    assert "Node stopped" in out
+    assert not control.exists()
+    assert lock_free(home)
