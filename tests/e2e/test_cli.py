@@ -272,7 +272,7 @@ def test_ping_errors(node_a: Detached, home: Path) -> None:
     failed(sd(home, "ping", typo, "--addr", node_a.addr), "this address has a typo")
     failed(sd(home, "ping", a, "--addr", "127.0.0.1"), "HOST:PORT")
 
-    for bad in (typo, a[:-3], a + "q", a.replace(a[5], "!", 1)):
+    for bad in (typo, a[:-3], a + "q", a[:5] + "!" + a[6:]):
         failed(sd_in(home, "ping", bad, "--addr", node_a.addr), "this address has a typo")
     failed(sd_in(home, "ping", "hello", "--addr", node_a.addr), "not a sidedoor address")
     for addr, words in (("127.0.0.1:99999", "out of range"), ("127.0.0.1:0", "out of range"),

@@ -163,7 +163,7 @@ class ControlServer:
         timeout = body.get("timeout", 10.0)
         if not isinstance(address, str) or not isinstance(addr, str):
             return _error(400, "BadRequest", "give 'address' and 'addr' (host:port)")
-        if not isinstance(count, int) or not 1 <= count <= 100:
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
             return _error(400, "BadRequest", "count is 1 to 100")
         if not isinstance(timeout, int | float) or not 0 < timeout <= 60:
             return _error(400, "BadRequest", "timeout is 0 to 60 seconds")
