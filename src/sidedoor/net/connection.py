@@ -39,7 +39,10 @@ from sidedoor.proto.session_events import (
 
 log = logging.getLogger(__name__)
 
-WRITE_HIGH_WATER = 256 << 10
+# Write in batches of up to 1 MiB, and only while the transport's own buffer is
+# nearly empty: asyncio 3.11 moves its whole buffer down after every partial send.
+WRITE_HIGH_WATER = 64 << 10
+WRITE_BATCH = 1 << 20
 CHANNEL_BACKLOG_LIMIT = 1 << 20
 
 # Decides what to do with a channel the peer opens: return True to accept.
@@ -58,7 +61,7 @@ class ChannelStream:
         self.id = channel
         self.kind = kind
         self.meta = meta
-        self._chunks: deque[bytes] = deque()
+        self._chunks: deque[memoryview] = deque()
         self._buffered = 0
         self._eof = False
         self._closed_reason: str | None = None
@@ -67,7 +70,7 @@ class ChannelStream:
         self._writable.set()
 
     # -- called by the connection
-    def _feed(self, data: bytes) -> None:
+    def _feed(self, data: memoryview) -> None:
         self._chunks.append(data)
         self._buffered += len(data)
         self._readable.set()
@@ -89,11 +92,15 @@ class ChannelStream:
             self._writable.clear()
 
     # -- the application's side
-    async def read(self, n: int = -1) -> bytes:
-        """Up to ``n`` bytes (any amount if -1); b"" at the end of the stream."""
+    async def read(self, n: int = -1) -> memoryview:
+        """Up to ``n`` bytes (any amount if -1); empty at the end of the stream.
+
+        The bytes come as a read-only memoryview, without a copy; ``bytes()`` it to keep
+        a copy, or hand it to anything that takes a buffer (files, msgspec, hashes).
+        """
         while not self._chunks:
             if self._eof:
-                return b""
+                return memoryview(b"")
             self._readable.clear()
             await self._readable.wait()
         chunk = self._chunks.popleft()
@@ -105,7 +112,7 @@ class ChannelStream:
         return chunk
 
     async def read_exactly(self, n: int) -> bytes:
-        parts: list[bytes] = []
+        parts: list[memoryview] = []
         need = n
         while need:
             chunk = await self.read(need)
@@ -142,8 +149,8 @@ class ChannelStream:
         return self._eof and not self._chunks
 
 
-class Connection(asyncio.Protocol):
-    """A `Session` on a TCP transport."""
+class Connection(asyncio.BufferedProtocol):
+    """A `Session` on a TCP transport. Reads land straight in the session's frame buffer."""
 
     def __init__(
         self,
@@ -183,8 +190,11 @@ class Connection(asyncio.Protocol):
         self.session.start(self.loop.time())
         self._pump()
 
-    def data_received(self, data: bytes) -> None:
-        self.session.receive_data(data, self.loop.time())
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.session.get_buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.session.buffer_updated(nbytes, self.loop.time())
         self._pump()
 
     def eof_received(self) -> bool | None:
@@ -220,7 +230,7 @@ class Connection(asyncio.Protocol):
             return
         session = self.session
         while not self._paused:
-            data = session.data_to_send(WRITE_HIGH_WATER)
+            data = session.data_to_send(WRITE_BATCH)
             if not data:
                 break
             transport.write(data)
@@ -320,8 +330,8 @@ class Connection(asyncio.Protocol):
 
     # -------------------------------------------------- for ChannelStream
     def _consume(self, cid: int, n: int) -> None:
-        self.session.consume(cid, n)
-        self._transmit()
+        if self.session.consume(cid, n):
+            self._transmit()
 
     def _send(self, cid: int, data: bytes | bytearray | memoryview) -> None:
         self.session.send(cid, data)

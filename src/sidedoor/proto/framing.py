@@ -29,62 +29,77 @@ def frame_header(body_len: int) -> bytes:
 
 
 class FrameDecoder:
-    """Splits a byte stream into frames. Feed bytes in any pieces; get whole frames out.
+    """Splits a byte stream into frames, in a buffer of its own.
 
-    Frames wholly inside one ``feed`` come back as memoryviews of the bytes fed
-    (no copy: bulk data passes through at memory speed); only a frame split across
-    two feeds is copied together. The fed ``bytes`` must not be mutated afterwards.
+    Two ways in: `feed(data)` copies bytes in; or `get_buffer()` hands out the free
+    part of the buffer for a socket to read into directly, and `buffer_updated(n)`
+    says how many bytes landed. Both return the frames now complete as memoryviews
+    into the buffer: they are valid until the next call, so the caller must use
+    them (decrypt them) before it asks for more. A frame split across two reads is
+    moved to the front of the buffer once, when the buffer is next handed out.
+
+    The length of a frame is checked as soon as its 2-byte header is in, before its
+    body is waited for; the buffer never grows.
     """
 
-    def __init__(self, max_frame_len: int = MAX_FRAME_LEN) -> None:
+    def __init__(self, max_frame_len: int = MAX_FRAME_LEN, buffer_size: int = 1 << 20) -> None:
         self.max_frame_len = max_frame_len
-        self._partial = bytearray()
+        self._buf = bytearray(max(buffer_size, MAX_FRAME_LEN + HEADER_LEN))
+        self._start = 0
+        self._end = 0
 
     @property
     def buffered(self) -> int:
-        return len(self._partial)
+        return self._end - self._start
 
-    def _check(self, length: int) -> int:
-        if length == 0:
-            raise MessageError("the peer sent an empty frame")
-        if length > self.max_frame_len:
-            raise FrameTooLarge(
-                f"the peer sent a frame of {length} bytes; the limit here is {self.max_frame_len}"
-            )
-        return length
+    def get_buffer(self) -> memoryview:
+        """The free space to read into (at least one whole frame's worth)."""
+        start, end = self._start, self._end
+        if start:
+            pending = end - start
+            self._buf[:pending] = self._buf[start:end]
+            self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, n: int) -> list[memoryview]:
+        """``n`` bytes were written at the start of the last `get_buffer()`."""
+        self._end += n
+        view = memoryview(self._buf)
+        pos, end = self._start, self._end
+        frames: list[memoryview] = []
+        limit = self.max_frame_len
+        while end - pos >= HEADER_LEN:
+            length = (view[pos] << 8) | view[pos + 1]
+            if length == 0:
+                raise MessageError("the peer sent an empty frame")
+            if length > limit:
+                raise FrameTooLarge(
+                    f"the peer sent a frame of {length} bytes; the limit here is {limit}"
+                )
+            body = pos + HEADER_LEN
+            if end - body < length:
+                break
+            frames.append(view[body : body + length])
+            pos = body + length
+        if pos == end:
+            self._start = self._end = 0
+        else:
+            self._start = pos
+        return frames
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[memoryview]:
         """Add bytes; return the frames now complete. Raises on a bad length prefix."""
-        view = memoryview(data)
-        end = len(view)
-        pos = 0
+        view = memoryview(data).cast("B")
+        if len(view) <= len(self._buf) - self._end:
+            room = memoryview(self._buf)[self._end :]
+            room[: len(view)] = view
+            return self.buffer_updated(len(view))
         frames: list[memoryview] = []
-        partial = self._partial
-        if partial:
-            if len(partial) < HEADER_LEN:
-                take = min(HEADER_LEN - len(partial), end)
-                partial += view[:take]
-                pos = take
-                if len(partial) < HEADER_LEN:
-                    return frames
-            length = self._check((partial[0] << 8) | partial[1])
-            take = min(HEADER_LEN + length - len(partial), end - pos)
-            partial += view[pos : pos + take]
-            pos += take
-            if len(partial) < HEADER_LEN + length:
-                return frames
-            frames.append(memoryview(bytes(partial[HEADER_LEN:])))
-            partial.clear()
-        check = self._check
-        while end - pos >= HEADER_LEN:
-            length = check((view[pos] << 8) | view[pos + 1])
-            start = pos + HEADER_LEN
-            if end - start < length:
-                break
-            frames.append(view[start : start + length])
-            pos = start + length
-        if pos < end:
-            partial += view[pos:]
-            if len(partial) >= HEADER_LEN:
-                check((partial[0] << 8) | partial[1])
+        while view:
+            room = self.get_buffer()
+            n = min(len(room), len(view))
+            room[:n] = view[:n]
+            view = view[n:]
+            # Earlier frames would be overwritten by the next get_buffer: copy them out.
+            frames.extend(memoryview(bytes(f)) for f in self.buffer_updated(n))
         return frames

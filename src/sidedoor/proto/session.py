@@ -164,6 +164,8 @@ class Session:
         self._send_cipher: CipherState | None = None
         self._recv_cipher: CipherState | None = None
         self._preamble_buf = bytearray()
+        self._scratch = bytearray(4096)
+        self._scratch_used = False
         self._frames = FrameDecoder(HANDSHAKE_FRAME_LIMIT)
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -223,6 +225,36 @@ class Session:
                     self._receive_transport(frame, now)
                 else:
                     return
+        except RemoteProtocolError as exc:
+            self._fail(exc)
+
+    def get_buffer(self) -> memoryview:
+        """Free space for the transport to read the next bytes into; then `buffer_updated`.
+
+        Once the session is open this is the frame decoder's own buffer, so bulk
+        data goes from the socket to the decryptor without a copy.
+        """
+        if self.state is State.OPEN:
+            self._scratch_used = False
+            return self._frames.get_buffer()
+        self._scratch_used = True
+        return memoryview(self._scratch)
+
+    def buffer_updated(self, n: int, now: float) -> None:
+        """``n`` bytes were read into the last `get_buffer()`."""
+        if self._scratch_used:
+            self.receive_data(bytes(self._scratch[:n]), now)
+            return
+        if self.state is not State.OPEN or n <= 0:
+            return
+        self.bytes_received += n
+        self._last_received = now
+        self._keepalive_sent = False
+        try:
+            for frame in self._frames.buffer_updated(n):
+                if self.state is not State.OPEN:
+                    return
+                self._receive_transport(frame, now)
         except RemoteProtocolError as exc:
             self._fail(exc)
 
@@ -336,14 +368,14 @@ class Session:
             if len(plain) < m.DATA_HEADER.size:
                 raise MessageError("a data message too short for its header")
             _, channel_id = m.DATA_HEADER.unpack_from(plain)
-            self._receive_channel_data(channel_id, plain[m.DATA_HEADER.size :])
+            self._receive_channel_data(channel_id, memoryview(plain)[m.DATA_HEADER.size :])
         elif kind == m.KIND_CONTROL:
             msg = m.decode_control(memoryview(plain)[1:])
             self._receive_control(msg, now)
         else:
             raise MessageError(f"unknown transport message kind {kind}")
 
-    def _receive_channel_data(self, channel_id: int, data: bytes) -> None:
+    def _receive_channel_data(self, channel_id: int, data: memoryview) -> None:
         ch = self._channels.get(channel_id)
         if ch is None and channel_id in self._reset_ids:
             return  # in flight when we reset the channel
@@ -502,16 +534,22 @@ class Session:
             self._queue_control(m.ChannelReset(cid, reason[: m.MAX_REASON_LEN]))
         self._events.append(ChannelClosed(cid, reason))
 
-    def consume(self, cid: int, n: int) -> None:
-        """The application has processed ``n`` received bytes: give the peer credit again."""
+    def consume(self, cid: int, n: int) -> bool:
+        """The application has processed ``n`` received bytes: give the peer credit again.
+
+        Credit is returned in batches of a quarter window; True when a `WindowUpdate`
+        was queued (the glue then has something to transmit).
+        """
         ch = self._channels.get(cid)
         if ch is None or ch.remote_ended or n <= 0:
-            return
+            return False
         ch.unacked += n
-        if ch.unacked >= ch.recv_window // 4:
-            ch.recv_remaining += ch.unacked
-            self._queue_control(m.WindowUpdate(cid, ch.unacked))
-            ch.unacked = 0
+        if ch.unacked < ch.recv_window // 4:
+            return False
+        ch.recv_remaining += ch.unacked
+        self._queue_control(m.WindowUpdate(cid, ch.unacked))
+        ch.unacked = 0
+        return True
 
     def channel_backlog(self, cid: int) -> int:
         """Bytes queued on a channel and not yet handed to `data_to_send`."""

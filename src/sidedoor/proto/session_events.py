@@ -40,7 +40,8 @@ class ChannelRejected:
 @dataclass(frozen=True, slots=True)
 class DataReceived:
     channel: int
-    data: bytes
+    data: memoryview
+    """A read-only view of the received bytes (no copy); ``bytes(data)`` to copy."""
 
 
 @dataclass(frozen=True, slots=True)
