@@ -142,22 +142,20 @@ class CipherState:
     def has_key(self) -> bool:
         return self._aead is not None
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
-        aead = self._aead
-        if aead is None:
-            return bytes(plaintext)
-        n = self.n
-        if n >= MAX_NONCE:
-            raise LocalProtocolError("the sending nonce is exhausted; the session must end")
-        ciphertext = aead.encrypt(_NONCE(n), plaintext, ad)
-        self.n = n + 1
-        return ciphertext
+    def _keyed(self) -> ChaCha20Poly1305:
+        if self._aead is None:
+            raise LocalProtocolError("this CipherState has no key; it cannot carry transport data")
+        return self._aead
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def _send_nonce(self) -> bytes:
+        if self.n >= MAX_NONCE:
+            raise LocalProtocolError("the sending nonce is exhausted; the session must end")
+        return _NONCE(self.n)
+
+    def _open(
+        self, aead: ChaCha20Poly1305, ciphertext: bytes | bytearray | memoryview, ad: bytes | None
+    ) -> bytes:
         """Decrypt and authenticate; the nonce only advances on success."""
-        aead = self._aead
-        if aead is None:
-            return bytes(ciphertext)
         n = self.n
         if n >= MAX_NONCE:
             raise DecryptError("the receiving nonce is exhausted; the session must end")
@@ -170,20 +168,30 @@ class CipherState:
         self.n = n + 1
         return plaintext
 
-    def encrypt(self, plaintext: bytes) -> bytes:
-        """Encrypt one transport message (empty associated data)."""
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
         aead = self._aead
         if aead is None:
-            raise LocalProtocolError("this CipherState has no key; it cannot carry transport data")
+            return bytes(plaintext)
+        ciphertext = aead.encrypt(self._send_nonce(), plaintext, ad)
+        self.n += 1
+        return ciphertext
+
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+        """Decrypt and authenticate; the nonce only advances on success."""
+        aead = self._aead
+        if aead is None:
+            return bytes(ciphertext)
+        return self._open(aead, ciphertext, ad)
+
+    def encrypt(self, plaintext: bytes) -> bytes:
+        """Encrypt one transport message (empty associated data)."""
+        aead = self._keyed()
         if len(plaintext) > _MAX_PLAINTEXT:
             raise LocalProtocolError(
                 f"a transport payload is at most {_MAX_PLAINTEXT} bytes, got {len(plaintext)}"
             )
-        n = self.n
-        if n >= MAX_NONCE:
-            raise LocalProtocolError("the sending nonce is exhausted; the session must end")
-        ciphertext = aead.encrypt(_NONCE(n), plaintext, None)
-        self.n = n + 1
+        ciphertext = aead.encrypt(self._send_nonce(), plaintext, None)
+        self.n += 1
         return ciphertext
 
     def encrypt_in_place(self, buf: memoryview) -> None:
@@ -192,39 +200,22 @@ class CipherState:
         The bulk-data path: the session lays out plaintext in its output buffer and
         encrypts it there, sparing two copies of every 64 KiB message.
         """
-        aead = self._aead
-        if aead is None:
-            raise LocalProtocolError("this CipherState has no key; it cannot carry transport data")
+        aead = self._keyed()
         size = len(buf) - TAG_LEN
         if not 0 <= size <= _MAX_PLAINTEXT:
             raise LocalProtocolError(f"a transport payload is at most {_MAX_PLAINTEXT} bytes")
-        n = self.n
-        if n >= MAX_NONCE:
-            raise LocalProtocolError("the sending nonce is exhausted; the session must end")
-        aead.encrypt_into(_NONCE(n), buf[:size], None, buf)
-        self.n = n + 1
+        aead.encrypt_into(self._send_nonce(), buf[:size], None, buf)
+        self.n += 1
 
     def decrypt(self, ciphertext: bytes | bytearray | memoryview) -> bytes:
         """Decrypt one transport message (raises DecryptError); the nonce advances on success."""
-        aead = self._aead
-        if aead is None:
-            raise LocalProtocolError("this CipherState has no key; it cannot carry transport data")
+        aead = self._keyed()
         size = len(ciphertext)
         if size > MAX_MESSAGE_LEN or size < TAG_LEN:
             raise DecryptError(
                 f"a transport message is {TAG_LEN} to {MAX_MESSAGE_LEN} bytes, got {size}"
             )
-        n = self.n
-        if n >= MAX_NONCE:
-            raise DecryptError("the receiving nonce is exhausted; the session must end")
-        try:
-            plaintext = aead.decrypt(_NONCE(n), ciphertext, None)
-        except (InvalidTag, ValueError) as exc:
-            raise DecryptError(
-                f"message {n} failed authentication (forged, replayed or out of order)"
-            ) from exc
-        self.n = n + 1
-        return plaintext
+        return self._open(aead, ciphertext, None)
 
 
 class HandshakeState:
