@@ -13,17 +13,20 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ifaddr
 
+from sidedoor.cards import clean_name, make_card
 from sidedoor.errors import (
     ConnectError,
+    ContactError,
     HandshakeFailed,
     NodeAlreadyRunning,
+    NotAllowed,
     SidedoorError,
 )
 from sidedoor.home import LOCK_FILE, ensure_home
@@ -34,16 +37,21 @@ from sidedoor.identity import (
     load_or_create_identity,
     verify_noise_proof,
 )
-from sidedoor.net.connection import Connection, dial, new_session
+from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
 from sidedoor.proto.messages import CloseCode, IdentityProof
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
+from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.storage.db import Database
 
 log = logging.getLogger(__name__)
 
 DEFAULT_NAME = "sidedoor user"
 EVENT_QUEUE_LIMIT = 1000
+MAX_STRANGER_SESSIONS = 32
+
+# Serves one channel a peer opened: (who opened it, the stream).
+StreamHandler = Callable[[PublicIdentity, ChannelStream], Awaitable[None]]
 
 
 def classify_path(host: str) -> str:
@@ -102,6 +110,7 @@ class PeerSession:
     direction: str  # "in" or "out"
     path: str
     remote_addr: str
+    contact: bool = False
     since: float = field(default_factory=time.time)
 
     def describe(self) -> dict[str, Any]:
@@ -113,6 +122,7 @@ class PeerSession:
             "remote_addr": self.remote_addr,
             "since": self.since,
             "pattern": self.connection.session.pattern.value,
+            "contact": self.contact,
         }
 
 
@@ -160,6 +170,10 @@ class Node:
         self._pending: set[Connection] = set()
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.contacts: ContactBook | None = None
+        self.name = DEFAULT_NAME
+        self._standing: dict[bytes, Standing] = {}
+        self._handlers: dict[str, tuple[StreamHandler, bool]] = {}
 
     # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Node:
@@ -174,6 +188,11 @@ class Node:
         try:
             self.identity, created = load_or_create_identity(self.home)
             self.db = Database(self.home)
+            self.contacts = ContactBook(self.db)
+            self.name = self.db.get_setting("name") or DEFAULT_NAME
+            self._standing = {
+                c.identity: ("blocked" if c.blocked else "contact") for c in self.contacts.all()
+            }
             if created:
                 log.info("created identity %s", self.identity.address)
             port = self._requested_port
@@ -271,8 +290,17 @@ class Node:
 
     @property
     def display_name(self) -> str:
+        return self.name
+
+    async def set_name(self, name: str) -> str:
+        name = clean_name(name)
+        if not name:
+            raise SidedoorError("a name is 1 to 64 printable characters")
         assert self.db is not None
-        return self.db.get_setting("name") or DEFAULT_NAME
+        await self.db.run(self.db.set_setting, "name", name)
+        self.name = name
+        self.events.emit("identity.changed", name=name)
+        return name
 
     def listen_addresses(self) -> list[str]:
         if self.host not in ("0.0.0.0", "::", ""):
@@ -312,28 +340,47 @@ class Node:
     def _accept(self) -> Connection:
         session = new_session(Role.RESPONDER, self._keys(), verify_noise_proof,
                               config=self.session_config)
-        conn = Connection(session, on_channel=self._on_channel, on_closed=self._on_closed)
+        conn = Connection(session, on_handshake=self._on_handshake, on_channel=self._on_channel,
+                          on_closed=self._on_closed)
         self._pending.add(conn)
-        conn.handshake.add_done_callback(lambda fut: self._on_handshake(conn, fut, "in"))
+        conn.handshake.add_done_callback(lambda fut: self._on_handshake_failed(conn, fut))
         return conn
 
-    def _on_handshake(self, conn: Connection, fut: asyncio.Future[Any], direction: str) -> None:
+    def _on_handshake_failed(self, conn: Connection, fut: asyncio.Future[Any]) -> None:
         self._pending.discard(conn)
         if fut.cancelled() or fut.exception() is not None:
-            if direction == "in":
-                log.info("refused an incoming connection from %s: %s", conn.peername,
-                         fut.exception() if not fut.cancelled() else "cancelled")
-            return
+            log.info("refused an incoming connection from %s: %s", conn.peername,
+                     fut.exception() if not fut.cancelled() else "cancelled")
+
+    def _on_handshake(self, conn: Connection) -> None:
+        """Called the moment a handshake completes, before any channel can be opened."""
+        self._pending.discard(conn)
         remote = PublicIdentity(conn.remote_identity)
+        direction = "out" if conn.session.role is Role.INITIATOR else "in"
         peer = conn.peername or ("?", 0)
         addr = f"{peer[0]}:{peer[1]}"
-        info = PeerSession(conn, remote, direction, classify_path(str(peer[0])), addr)
+        standing = self.standing(remote.key)
+        if standing == "blocked":
+            log.info("refused %s from %s: blocked", remote.address, addr)
+            conn.close("not allowed", CloseCode.NOT_ALLOWED)
+            return
+        strangers = sum(1 for s in self.sessions.values() if not s.contact)
+        if standing == "stranger" and strangers >= MAX_STRANGER_SESSIONS:
+            log.info("refused %s from %s: too many sessions with strangers", remote.address, addr)
+            conn.close("busy", CloseCode.NOT_ALLOWED)
+            return
+        info = PeerSession(conn, remote, direction, classify_path(str(peer[0])), addr,
+                           contact=standing == "contact")
         self.sessions[conn] = info
         assert self.db is not None and conn.session.remote_static is not None
         dial_addr = addr if direction == "out" else None
         self._spawn(self.db.run(self.db.remember_peer, remote.key, conn.session.remote_static,
                                 dial_addr, time.time()))
-        log.info("session %s with %s (%s, %s)", direction, remote.address, info.path, addr)
+        if info.contact:
+            assert self.contacts is not None
+            self._spawn(self.db.run(self.contacts.touch, remote.key, time.time()))
+        log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
+                 info.path, addr)
         self.events.emit("session.opened", **info.describe())
 
     def _on_closed(self, conn: Connection) -> None:
@@ -344,14 +391,83 @@ class Node:
             log.info("session with %s closed: %s", info.remote.address, reason)
             self.events.emit("session.closed", address=info.remote.address, reason=reason)
 
-    def _on_channel(self, conn: Connection, stream: Any) -> None:
-        # No service uses channels yet: later issues register handlers by kind.
-        stream.reset(f"no service for channel kind {stream.kind!r}")
+    # ------------------------------------------------------------ channels
+    def add_channel_handler(self, kind: str, handler: StreamHandler, *,
+                            strangers: bool = False) -> None:
+        """Serve channels of ``kind``; ``strangers`` lets non-contacts open them too."""
+        self._handlers[kind] = (handler, strangers)
+
+    def _on_channel(self, conn: Connection, stream: ChannelStream) -> str | None:
+        entry = self._handlers.get(stream.kind)
+        if entry is None:
+            return f"no service for channel kind {stream.kind!r}"
+        handler, strangers_ok = entry
+        info = self.sessions.get(conn)
+        if info is None:
+            return "the session is closing"
+        if not strangers_ok and self.standing(info.remote.key) != "contact":
+            return "not allowed: you are not a contact of this node"
+        self._spawn(self._serve_channel(handler, info.remote, stream))
+        return None
+
+    async def _serve_channel(self, handler: StreamHandler, remote: PublicIdentity,
+                             stream: ChannelStream) -> None:
+        try:
+            await handler(remote, stream)
+        except (SidedoorError, TimeoutError) as exc:
+            log.info("%s channel from %s failed: %s", stream.kind, remote.address, exc)
+            stream.reset(str(exc)[:200] or "failed")
+
+    # ------------------------------------------------------------ contacts
+    def standing(self, identity: bytes) -> Standing:
+        return self._standing.get(identity, "stranger")
+
+    def set_standing(self, identity: bytes, standing: Standing) -> None:
+        """Record a change made in the contact book; live sessions follow it."""
+        if standing == "stranger":
+            self._standing.pop(identity, None)
+        else:
+            self._standing[identity] = standing
+        for conn, info in list(self.sessions.items()):
+            if info.remote.key == identity:
+                info.contact = standing == "contact"
+                if standing == "blocked":
+                    conn.close("not allowed", CloseCode.NOT_ALLOWED)
+
+    def my_card(self) -> bytes:
+        assert self.identity is not None
+        return make_card(self.identity, self.display_name, self.listen_addresses(), [],
+                         int(time.time()))
+
+    def session_with(self, identity: bytes) -> Connection | None:
+        for conn, info in self.sessions.items():
+            if info.remote.key == identity and conn.is_open:
+                return conn
+        return None
+
+    async def connect_any(self, remote: PublicIdentity, addrs: list[str],
+                          timeout: float = 10.0) -> Connection:
+        """A session with ``remote``: the live one, else the first of ``addrs`` that answers."""
+        live = self.session_with(remote.key)
+        if live is not None:
+            return live
+        errors: list[str] = []
+        for addr in dict.fromkeys(addrs):
+            try:
+                host, _, port = addr.rpartition(":")
+                return await self.connect(remote, host.strip("[]"), int(port), timeout=timeout)
+            except (SidedoorError, ValueError) as exc:
+                errors.append(f"{addr}: {exc}")
+        if not errors:
+            raise ConnectError(f"no known address for {remote.short}…; is it online nearby?")
+        raise ConnectError(f"cannot reach {remote.short}…: " + "; ".join(errors))
 
     async def connect(self, remote: PublicIdentity, host: str, port: int,
                       timeout: float = 10.0) -> Connection:
         """Dial ``host:port`` and prove it is ``remote``. Uses IK when the key is known."""
         assert self.db is not None
+        if self.standing(remote.key) == "blocked":
+            raise ContactError("you blocked this contact; unblock it first")
         known_static = await self.db.run(self.db.peer_static, remote.key)
         patterns: list[tuple[Pattern, bytes | None]] = [(Pattern.XX, None)]
         if known_static is not None:
@@ -364,13 +480,14 @@ class Node:
             )
             try:
                 conn = await dial(host, port, session, timeout=timeout,
-                                  on_channel=self._on_channel, on_closed=self._on_closed)
+                                  on_handshake=self._on_handshake, on_channel=self._on_channel,
+                                  on_closed=self._on_closed)
             except HandshakeFailed as exc:
                 # An IK dial fails if the peer's static key changed: retry with XX.
                 last_error = exc
                 continue
-            fut = conn.handshake
-            self._on_handshake(conn, fut, "out")
+            if not conn.is_open:
+                raise NotAllowed("the connection was closed right after the handshake")
             return conn
         assert last_error is not None
         raise last_error
@@ -391,5 +508,5 @@ class Node:
         return PingResult(
             address=remote.address, addr=f"{host}:{port}", path=classify_path(host),
             pattern=conn.session.pattern.value, handshake_ms=handshake_ms, rtts_ms=rtts,
-            contact=False,
+            contact=self.standing(remote.key) == "contact",
         )

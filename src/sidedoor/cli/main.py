@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sidedoor import __version__
+from sidedoor.cards import clean_name
 from sidedoor.control.client import ControlClient
 from sidedoor.control.server import parse_host_port
 from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
@@ -147,11 +148,16 @@ def name_command(ctx: Context, new_name: str) -> None:
         raise click.BadParameter("a name is 1 to 64 characters", param_hint="NEW_NAME")
     home = ensure_home(ctx.home)
     load_or_create_identity(home)
-    db = Database(home)
     try:
-        db.set_setting("name", new_name)
-    finally:
-        db.close()
+        # A running node keeps the name in memory: tell it.
+        new_name = _run(_api(home, "POST", "/v1/name", {"name": new_name}))["name"]
+    except NodeNotRunning:
+        new_name = clean_name(new_name)
+        db = Database(home)
+        try:
+            db.set_setting("name", new_name)
+        finally:
+            db.close()
     out.print(f"Your name is now [bold]{new_name}[/]")
 
 

@@ -151,10 +151,7 @@ class ControlServer:
         name = body.get("name")
         if not isinstance(name, str) or not name.strip() or len(name) > 64:
             return _error(400, "BadRequest", "a name is 1 to 64 characters")
-        assert self.node.db is not None
-        await self.node.db.run(self.node.db.set_setting, "name", name.strip())
-        self.node.events.emit("identity.changed", name=name.strip())
-        return web.json_response({"name": name.strip()})
+        return web.json_response({"name": await self.node.set_name(name)})
 
     async def _ping(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)

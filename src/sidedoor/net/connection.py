@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import socket
+import struct
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +19,7 @@ from sidedoor.errors import (
     ConnectError,
     HandshakeFailed,
     LocalProtocolError,
+    MessageError,
     PeerTimeout,
     ProtocolError,
     RemoteProtocolError,
@@ -45,8 +47,10 @@ WRITE_HIGH_WATER = 64 << 10
 WRITE_BATCH = 1 << 20
 CHANNEL_BACKLOG_LIMIT = 1 << 20
 
-# Decides what to do with a channel the peer opens: return True to accept.
-ChannelHandler = Callable[["Connection", "ChannelStream"], None]
+# Decides on a channel the peer opens: return None to accept it (the handler then
+# owns the stream), or the reason to reject it.
+ChannelHandler = Callable[["Connection", "ChannelStream"], str | None]
+MESSAGE_HEADER = struct.Struct(">I")
 
 
 class ChannelClosedError(SidedoorError):
@@ -135,6 +139,44 @@ class ChannelStream:
             if self._closed_reason is not None:
                 raise ChannelClosedError(f"the channel is closed: {self._closed_reason}")
 
+    async def write_message(self, data: bytes) -> None:
+        """One length-prefixed message (for channels that carry messages, not a byte stream)."""
+        await self.write(MESSAGE_HEADER.pack(len(data)) + data)
+
+    async def read_message(self, limit: int) -> bytes | None:
+        """The next length-prefixed message; None at the end of the stream.
+
+        A message announced longer than ``limit`` resets the channel and raises.
+        """
+        header = await self.read_exactly_or_eof(MESSAGE_HEADER.size)
+        if header is None:
+            return None
+        (size,) = MESSAGE_HEADER.unpack(header)
+        if size > limit:
+            self.reset("message too large")
+            raise MessageError(f"the peer sent a {size}-byte message; the limit is {limit}")
+        return await self.read_exactly(size)
+
+    async def read_exactly_or_eof(self, n: int) -> bytes | None:
+        first = await self.read(n)
+        if not first:
+            return None
+        if len(first) == n:
+            return bytes(first)
+        return bytes(first) + await self.read_exactly(n - len(first))
+
+    async def read_all(self, limit: int) -> bytes:
+        """Everything until the peer ends the channel, at most ``limit`` bytes."""
+        parts: list[memoryview] = []
+        total = 0
+        while chunk := await self.read():
+            total += len(chunk)
+            if total > limit:
+                self.reset("too much data")
+                raise MessageError(f"the peer sent more than {limit} bytes on a channel")
+            parts.append(chunk)
+        return b"".join(parts)
+
     def end(self) -> None:
         """We will write nothing more (the peer's `read` returns b"" after the data)."""
         if self._closed_reason is None:
@@ -156,10 +198,12 @@ class Connection(asyncio.BufferedProtocol):
         self,
         session: Session,
         *,
+        on_handshake: Callable[[Connection], None] | None = None,
         on_channel: ChannelHandler | None = None,
         on_closed: Callable[[Connection], None] | None = None,
     ) -> None:
         self.session = session
+        self.on_handshake = on_handshake
         self.loop = asyncio.get_running_loop()
         self.on_channel = on_channel
         self.on_closed = on_closed
@@ -271,16 +315,20 @@ class Connection(asyncio.BufferedProtocol):
                     if stream is not None:
                         stream._feed(data)
                 case HandshakeComplete():
+                    if self.on_handshake is not None:
+                        # Synchronously: the peer's first channel may be in this same read.
+                        self.on_handshake(self)
                     if not self.handshake.done():
                         self.handshake.set_result(event)
                 case ChannelRequested(channel=cid, kind=kind, meta=meta):
                     stream = ChannelStream(self, cid, kind, meta)
-                    if self.on_channel is None:
-                        session.reject_channel(cid, "this node does not accept channels")
+                    refusal = (self.on_channel(self, stream) if self.on_channel is not None
+                               else "this node does not accept channels")
+                    if refusal is not None:
+                        session.reject_channel(cid, refusal)
                         continue
                     self._streams[cid] = stream
                     session.accept_channel(cid)
-                    self.on_channel(self, stream)
                 case ChannelAccepted(channel=cid):
                     fut = self._opening.pop(cid, None)
                     if fut is not None and not fut.done():
@@ -422,6 +470,7 @@ async def dial(
     session: Session,
     *,
     timeout: float = 10.0,
+    on_handshake: Callable[[Connection], None] | None = None,
     on_channel: ChannelHandler | None = None,
     on_closed: Callable[[Connection], None] | None = None,
 ) -> Connection:
@@ -430,7 +479,8 @@ async def dial(
     try:
         async with asyncio.timeout(timeout):
             _, conn = await loop.create_connection(
-                lambda: Connection(session, on_channel=on_channel, on_closed=on_closed),
+                lambda: Connection(session, on_handshake=on_handshake, on_channel=on_channel,
+                                   on_closed=on_closed),
                 host, port,
             )
     except TimeoutError:

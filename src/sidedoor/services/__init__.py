@@ -1,0 +1,1 @@
+"""Services built on sessions: contacts, invites, and (later) chat and files."""
