@@ -4,6 +4,8 @@ The hierarchy::
 
     SidedoorError                    base of everything below; ``str()`` is a message for the user
     ├── InvalidAddress               an address that does not parse ("this address has a typo")
+    ├── InvalidInviteCode            an invite code that does not parse (not "7-guitar-orbit")
+    ├── ContactError                 a contact operation that cannot be done (unknown contact, ...)
     ├── IdentityError                the identity on disk cannot be used
     │   └── InsecureKeyFile          the key file is readable by other users
     ├── StorageError                 the node's database cannot be opened or migrated
@@ -22,6 +24,9 @@ The hierarchy::
             ├── DecryptError         a transport message failed authentication
             │                        (forged, replayed, reordered)
             ├── MessageError         a message that is malformed or not allowed in this state
+            ├── InviteFailed         an invite code did not match (typo, or someone else's guess)
+            ├── InvalidCard          a contact card that is malformed or has a bad signature
+            ├── NotAllowed           the peer refused us (we are not its contact, or blocked)
             ├── FlowControlError     the peer sent more than it was given credit for
             └── PeerTimeout          the peer went silent (handshake or idle timeout)
 
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConnectError",
+    "ContactError",
     "ControlAPIError",
     "DecryptError",
     "FlowControlError",
@@ -42,12 +48,16 @@ __all__ = [
     "IdentityError",
     "IdentityMismatch",
     "InsecureKeyFile",
+    "InvalidCard",
     "InvalidAddress",
+    "InvalidInviteCode",
+    "InviteFailed",
     "LocalProtocolError",
     "MessageError",
     "NodeAlreadyRunning",
     "NodeError",
     "NodeNotRunning",
+    "NotAllowed",
     "PeerTimeout",
     "ProtocolError",
     "RemoteProtocolError",
@@ -63,6 +73,10 @@ class SidedoorError(Exception):
 
 class InvalidAddress(SidedoorError, ValueError):
     """The text is not a sidedoor address, or it has a typo (its check failed)."""
+
+
+class InvalidInviteCode(SidedoorError, ValueError):
+    """That does not look like an invite code: it should look like 7-guitar-orbit."""
 
 
 class IdentityError(SidedoorError):
@@ -135,6 +149,26 @@ class DecryptError(RemoteProtocolError):
 
 class MessageError(RemoteProtocolError):
     """A message was malformed or not allowed in the session's current state."""
+
+
+class InvalidCard(RemoteProtocolError):
+    """A contact card is malformed, over the limits, or its signature does not verify."""
+
+
+class NotAllowed(RemoteProtocolError):
+    """The peer refused what we asked: we are not its contact, or it blocked us."""
+
+
+class ContactError(SidedoorError):
+    """A contact operation that cannot be done: unknown or ambiguous contact, and the like."""
+
+
+class InviteFailed(RemoteProtocolError):
+    """The invite code did not match, so your colleague was not added.
+
+    Either you or your colleague typed the code wrong, or someone else tried to
+    use it. A code works only once: make a new code and try again.
+    """
 
 
 class FlowControlError(RemoteProtocolError):
