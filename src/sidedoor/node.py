@@ -42,6 +42,7 @@ from sidedoor.proto.messages import CloseCode, IdentityProof
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
 from sidedoor.services.contacts import ContactBook, Standing
+from sidedoor.services.introductions import Introductions
 from sidedoor.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ class Node:
         self.name = DEFAULT_NAME
         self._standing: dict[bytes, Standing] = {}
         self._handlers: dict[str, tuple[StreamHandler, bool]] = {}
+        self.introductions = Introductions(self)
+        self.introductions.register()
 
     # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Node:
@@ -487,7 +490,9 @@ class Node:
                 last_error = exc
                 continue
             if not conn.is_open:
-                raise NotAllowed("the connection was closed right after the handshake")
+                reason = conn.session.close_reason or "closed"
+                raise NotAllowed(f"the node refused the connection ({reason}); "
+                                 "it may have blocked you")
             return conn
         assert last_error is not None
         raise last_error

@@ -6,21 +6,18 @@ Exit codes: 0 ok, 1 failure (one clear line on stderr), 2 usage error.
 
 from __future__ import annotations
 
-import asyncio
-import json
 import sys
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from sidedoor import __version__
 from sidedoor.cards import clean_name
-from sidedoor.control.client import ControlClient
+from sidedoor.cli import people
+from sidedoor.cli.common import Context, _api, _print_json, _run, err, out, pass_ctx
 from sidedoor.control.server import parse_host_port
 from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
 from sidedoor.errors import NodeAlreadyRunning, NodeNotRunning, SidedoorError
@@ -28,36 +25,6 @@ from sidedoor.home import ensure_home, resolve_home
 from sidedoor.identity import load_or_create_identity
 from sidedoor.node import DEFAULT_NAME, Node, PingResult
 from sidedoor.storage.db import Database
-
-T = TypeVar("T")
-out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class Context:
-    def __init__(self, home: Path, debug: bool) -> None:
-        self.home = home
-        self.debug = debug
-
-
-pass_ctx = click.make_pass_decorator(Context)
-
-
-def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-def _run(coro: Awaitable[T]) -> T:
-    async def wrapper() -> T:
-        return await coro
-
-    return asyncio.run(wrapper())
-
-
-async def _api(home: Path, method: str, path: str, body: dict[str, Any] | None = None,
-               timeout: float = 30.0) -> Any:
-    async with ControlClient(home) as client:
-        return await client.call(method, path, body, timeout=timeout)
 
 
 class SidedoorGroup(click.Group):
@@ -334,6 +301,9 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
     # A one-shot node on a loopback port only this command uses.
     async with Node(home, host="127.0.0.1", port=0, remember_port=False) as node:
         return await node.ping(address, host, port, count=count, timeout=timeout)
+
+
+people.register(cli)
 
 
 def main() -> None:

@@ -118,11 +118,12 @@ class ContactBook:
         """Add a contact from its signed card, or refresh the card of one we have."""
         card = open_card(card_bytes)
         name = (petname or card.name or card.public.fingerprint())[:MAX_PETNAME]
+        unique = self._unique_petname(name, card.identity)
         self.db.call(lambda c: c.execute(
             "INSERT INTO contacts(identity, petname, card, source, added_at, verified) "
             "VALUES(?, ?, ?, ?, ?, ?) ON CONFLICT(identity) DO UPDATE SET card = excluded.card, "
             "verified = max(verified, excluded.verified)",
-            (card.identity, self._unique_petname(name, card.identity), card_bytes, source, now,
+            (card.identity, unique, card_bytes, source, now,
              int(verified))))
         contact = self.get(card.identity)
         assert contact is not None

@@ -95,7 +95,8 @@ class Database:
     def __init__(self, home: Path) -> None:
         self.path = home / DB_FILE
         self.conn = connect(self.path)
-        self._lock = threading.Lock()
+        # Re-entrant: a store method may call another one while it holds the lock.
+        self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidedoor-db")
 
     def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:

@@ -1,0 +1,331 @@
+"""CLI commands for people: contacts, requests, adding, invites and links."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import click
+import segno
+from rich.table import Table
+
+from sidedoor.cli.common import Context, _api, _print_json, _run, out, pass_ctx
+from sidedoor.errors import ContactError
+
+
+def _ago(timestamp: float | None) -> str:
+    if not timestamp:
+        return "never"
+    seconds = int(time.time() - timestamp)
+    if seconds < 90:
+        return "just now"
+    if seconds < 5400:
+        return f"{seconds // 60} min ago"
+    if seconds < 172800:
+        return f"{seconds // 3600} h ago"
+    return f"{seconds // 86400} days ago"
+
+
+def _call(ctx: Context, method: str, path: str, body: dict[str, Any] | None = None,
+          timeout: float = 30.0) -> Any:
+    return _run(_api(ctx.home, method, path, body, timeout=timeout))
+
+
+def register(cli: click.Group) -> None:
+    for command in (contacts_command, contact_group, requests_group, add_command,
+                    invite_command, join_command):
+        cli.add_command(command)
+
+
+# ------------------------------------------------------------------ contacts
+
+@click.command("contacts")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def contacts_command(ctx: Context, as_json: bool) -> None:
+    """List your contacts: name, address, online?, last seen, verified?
+
+    \b
+    Example:
+      sidedoor contacts
+      sidedoor contacts --json
+    """
+    data = _call(ctx, "GET", "/v1/contacts")["contacts"]
+    if as_json:
+        _print_json(data)
+        return
+    if not data:
+        out.print("No contacts yet. Invite a colleague: [bold]sidedoor invite[/]")
+        return
+    table = Table()
+    for column in ("Name", "Address", "Online", "Last seen", "Verified"):
+        table.add_column(column)
+    for c in data:
+        name = c["petname"] + (" [red](blocked)[/]" if c["blocked"] else "")
+        table.add_row(name, c["address"][:14] + "…", "yes" if c["online"] else "no",
+                      "now" if c["online"] else _ago(c["last_seen"]),
+                      "yes" if c["verified"] else "no")
+    out.print(table)
+
+
+@click.group("contact")
+def contact_group() -> None:
+    """Change one contact: rename, remove, block, unblock, verify.
+
+    A contact is named by its name, the start of its address, or its fingerprint.
+
+    \b
+    Example:
+      sidedoor contact rename "Bob Builder" Bob
+      sidedoor contact verify Bob
+    """
+
+
+def _contact_action(ctx: Context, who: str, action: str,
+                    body: dict[str, Any] | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = _call(ctx, "POST", f"/v1/contacts/{quote(who, safe='')}/{action}",
+                                   body or {})
+    return result
+
+
+@contact_group.command("rename")
+@click.argument("contact")
+@click.argument("new_name")
+@pass_ctx
+def contact_rename(ctx: Context, contact: str, new_name: str) -> None:
+    """Give a contact the name you know them by.
+
+    \b
+    Example:
+      sidedoor contact rename "Bob Builder" Bob
+    """
+    result = _contact_action(ctx, contact, "rename", {"petname": new_name})
+    out.print(f"Renamed to [bold]{result['petname']}[/]")
+
+
+@contact_group.command("remove")
+@click.argument("contact")
+@pass_ctx
+def contact_remove(ctx: Context, contact: str) -> None:
+    """Remove a contact: they can no longer open sessions with you.
+
+    \b
+    Example:
+      sidedoor contact remove Bob
+    """
+    _contact_action(ctx, contact, "remove")
+    out.print("Removed.")
+
+
+@contact_group.command("block")
+@click.argument("contact")
+@pass_ctx
+def contact_block(ctx: Context, contact: str) -> None:
+    """Block a contact: their connections are refused at the handshake.
+
+    \b
+    Example:
+      sidedoor contact block Mallory
+    """
+    _contact_action(ctx, contact, "block")
+    out.print("Blocked. `sidedoor contact unblock` undoes it.")
+
+
+@contact_group.command("unblock")
+@click.argument("contact")
+@pass_ctx
+def contact_unblock(ctx: Context, contact: str) -> None:
+    """Unblock a contact.
+
+    \b
+    Example:
+      sidedoor contact unblock Mallory
+    """
+    _contact_action(ctx, contact, "unblock")
+    out.print("Unblocked.")
+
+
+@contact_group.command("verify")
+@click.argument("contact")
+@click.option("--yes", is_flag=True, help="Mark as verified without asking.")
+@pass_ctx
+def contact_verify(ctx: Context, contact: str, yes: bool) -> None:
+    """Compare safety words with a contact, then mark them verified.
+
+    Read the words to each other (in person or by phone). The same words on both
+    screens mean nobody is in between.
+
+    \b
+    Example:
+      sidedoor contact verify Bob
+    """
+    contacts = _call(ctx, "GET", "/v1/contacts")["contacts"]
+    found = [c for c in contacts if contact.lower() in (c["petname"].lower(), c["address"])]
+    words = found[0]["safety_words"] if len(found) == 1 else None
+    if words:
+        out.print(f"Safety words with {found[0]['petname']}: [bold]{words}[/]")
+    if not yes and not click.confirm("Do they see the same words?", default=False):
+        raise ContactError("not verified: the words must match on both screens")
+    result = _contact_action(ctx, contact, "verify")
+    out.print(f"[green]{result['petname']} is verified.[/]")
+
+
+# ------------------------------------------------------------------ requests
+
+@click.group("requests", invoke_without_command=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def requests_group(click_ctx: click.Context, as_json: bool) -> None:
+    """Contact requests waiting for your answer (and the ones you sent).
+
+    Compare the safety words with the person before you accept.
+
+    \b
+    Example:
+      sidedoor requests
+      sidedoor requests accept 3
+      sidedoor requests decline 4
+    """
+    if click_ctx.invoked_subcommand is not None:
+        return
+    ctx = click_ctx.find_object(Context)
+    assert ctx is not None
+    data = _call(ctx, "GET", "/v1/requests")
+    if as_json:
+        _print_json(data)
+        return
+    if not data["incoming"]:
+        out.print("No contact requests are waiting.")
+    for r in data["incoming"]:
+        out.print(f"[bold]#{r['id']}[/] {r['name'] or '(no name)'} ({r['address'][:14]}…), "
+                  f"{_ago(r['received_at'])}, via {r['via']}")
+        if r["message"]:
+            out.print(f"    “{r['message']}”")
+        out.print(f"    safety words: [bold]{r['safety_words']}[/]")
+    for r in data["outgoing"]:
+        out.print(f"[dim]sent to {r['name']} ({r['address'][:14]}…), waiting for them[/]")
+
+
+@requests_group.command("accept")
+@click.argument("request_id", type=int)
+@pass_ctx
+def requests_accept(ctx: Context, request_id: int) -> None:
+    """Accept a contact request (see the numbers in `sidedoor requests`).
+
+    \b
+    Example:
+      sidedoor requests accept 3
+    """
+    data = _call(ctx, "POST", f"/v1/requests/{request_id}/accept", {})
+    name = data["contact"]["petname"]
+    out.print(f"[green]{name} is now a contact.[/]")
+    if not data["told"]:
+        out.print(f"[dim]{name} could not be reached just now; they will see it when they "
+                  "next ask.[/]")
+
+
+@requests_group.command("decline")
+@click.argument("request_id", type=int)
+@pass_ctx
+def requests_decline(ctx: Context, request_id: int) -> None:
+    """Decline a contact request.
+
+    \b
+    Example:
+      sidedoor requests decline 4
+    """
+    _call(ctx, "POST", f"/v1/requests/{request_id}/decline", {})
+    out.print("Declined.")
+
+
+# ----------------------------------------------------------------------- add
+
+@click.command("add")
+@click.argument("who")
+@click.option("--addr", "addrs", multiple=True, metavar="HOST:PORT",
+              help="Where their node listens, when they are not nearby.")
+@click.option("-m", "--message", default="", help="A short note shown with your request.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def add_command(ctx: Context, who: str, addrs: tuple[str, ...], message: str,
+                as_json: bool) -> None:
+    """Send a contact request to a colleague.
+
+    WHO is an address, given with --addr when the colleague is not found nearby.
+    They see your request with safety words to compare, and accept or decline.
+
+    \b
+    Example:
+      sidedoor add sdabc...xyz --addr 192.168.1.20:7070 -m "Hi, it's Ann from sales"
+    """
+    body = {"address": who, "addrs": list(addrs), "message": message}
+    data = _call(ctx, "POST", "/v1/add", body, timeout=60)
+    if as_json:
+        _print_json(data)
+        return
+    name = data["name"] or "they"
+    if data["status"] == "accepted":
+        out.print(f"[green]{name} and you are now contacts.[/]")
+    else:
+        out.print(f"Request sent. {name.capitalize() if name == 'they' else name} will see it "
+                  "in `sidedoor requests`.")
+
+
+# -------------------------------------------------------------- invite, join
+
+@click.command("invite")
+@click.option("--link", "want_link", is_flag=True, help="Print a sidedoor:// link.")
+@click.option("--qr", is_flag=True, help="Show the link as a QR code in the terminal.")
+@click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also save the QR code as a PNG image.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None,
+                   as_json: bool) -> None:
+    """Invite a colleague: a one-time link (or QR code) they open with `sidedoor join`.
+
+    The link carries your signed contact card and a one-time token: whoever
+    joins with it first becomes your contact without a further question.
+
+    \b
+    Example:
+      sidedoor invite --link
+      sidedoor invite --qr --png invite.png
+    """
+    data = _call(ctx, "POST", "/v1/links", {})
+    link = data["link"]
+    if png is not None:
+        segno.make(link, error="m").save(str(png), scale=6, border=2)
+    if as_json:
+        _print_json({"link": link, "png": str(png) if png else None})
+        return
+    out.print("Send this link to your colleague; it works once, for 7 days:")
+    out.print(link, overflow="fold")
+    if qr:
+        segno.make(link, error="m").terminal(compact=True)
+    if png is not None:
+        out.print(f"QR code saved to {png}")
+    out.print("[dim]They run: sidedoor join '<link>'[/]")
+
+
+@click.command("join")
+@click.argument("code_or_link")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def join_command(ctx: Context, code_or_link: str, as_json: bool) -> None:
+    """Join a colleague's invite: a sidedoor:// link.
+
+    \b
+    Example:
+      sidedoor join 'sidedoor://add/...'
+    """
+    data = _call(ctx, "POST", "/v1/join", {"text": code_or_link}, timeout=60)
+    if as_json:
+        _print_json(data)
+        return
+    if data["status"] == "accepted":
+        out.print(f"[green]{data['name'] or 'They'} and you are now contacts.[/]")
+    else:
+        out.print("Request sent; your colleague will see it in `sidedoor requests`.")
