@@ -50,12 +50,17 @@ _card_decoder = msgspec.msgpack.Decoder(ContactCard)
 _signed_decoder = msgspec.msgpack.Decoder(SignedCard)
 
 
-def clean_name(name: str) -> str:
-    """A display name as shown to users: printable, trimmed, at most 64 characters."""
+def clean_name(name: str, limit: int = MAX_NAME_LEN) -> str:
+    """A display name as shown to users: printable, trimmed, at most 64 characters.
+
+    Also cleans other short texts from peers (request messages) with their own ``limit``.
+    """
+    # Whitespace (tabs, newlines) separates words; other control and format characters go.
     printable = "".join(
-        ch for ch in name if unicodedata.category(ch)[0] != "C"
+        ch for ch in name if ch.isspace() or unicodedata.category(ch)[0] != "C"
     )
-    return " ".join(printable.split())[:MAX_NAME_LEN]
+    # Trim again after cutting: a name cut at a space must not end with one.
+    return " ".join(printable.split())[:limit].rstrip()
 
 
 def make_card(

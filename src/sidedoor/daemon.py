@@ -44,11 +44,12 @@ async def run_node(
     *,
     host: str = "0.0.0.0",
     port: int | None = None,
+    discovery: bool = True,
     on_ready: Callable[[dict[str, Any]], None] | None = None,
 ) -> None:
     """Run a node and its control API until SIGINT/SIGTERM or `sidedoor down`."""
     loop = asyncio.get_running_loop()
-    async with Node(home, host=host, port=port) as node:
+    async with Node(home, host=host, port=port, discovery=discovery) as node:
         control = ControlServer(node)
         # Handlers go in before control.json appears: whoever sees that file may signal us.
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -67,7 +68,8 @@ async def run_node(
     logging.getLogger(__name__).info("node stopped")
 
 
-def start_detached(home: Path, *, host: str, port: int | None, debug: bool) -> int:
+def start_detached(home: Path, *, host: str, port: int | None, debug: bool,
+                   discovery: bool = True) -> int:
     """Start ``sidedoor up`` in the background; return its pid once its API answers."""
     ensure_home(home)
     error_file = home / STARTUP_ERROR_FILE
@@ -81,6 +83,8 @@ def start_detached(home: Path, *, host: str, port: int | None, debug: bool) -> i
     cmd += ["up", "--host", host]
     if port is not None:
         cmd += ["--port", str(port)]
+    if not discovery:
+        cmd.append("--no-discovery")
     with open(error_file, "wb") as err:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,

@@ -38,11 +38,13 @@ from sidedoor.identity import (
     verify_noise_proof,
 )
 from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
+from sidedoor.net.mdns import Discovery, DiscoveryEvent, PeerJoined, PeerLeft, PeerUpdated
 from sidedoor.proto.messages import CloseCode, IdentityProof
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
+from sidedoor.services.invites import Invites
 from sidedoor.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -154,6 +156,7 @@ class Node:
         port: int | None = None,
         session_config: SessionConfig | None = None,
         remember_port: bool = True,
+        discovery: bool = False,
     ) -> None:
         self.home = ensure_home(home)
         self.host = host
@@ -177,6 +180,11 @@ class Node:
         self._handlers: dict[str, tuple[StreamHandler, bool]] = {}
         self.introductions = Introductions(self)
         self.introductions.register()
+        self.invites = Invites(self)
+        self.invites.register()
+        self.want_discovery = discovery
+        self.discovery: Discovery | None = None
+        self._advertised: dict[str, str] = {}
 
     # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> Node:
@@ -205,6 +213,7 @@ class Node:
             self._server = await self._listen(port)
             if self._remember_port:
                 self.db.set_setting("port", str(self.port))
+            await self._start_discovery()
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", self.identity.address, self.host, self.port)
         except BaseException:
@@ -221,6 +230,48 @@ class Node:
                 log.warning("port %d is taken (%s); choosing another", port, exc.strerror)
                 return await loop.create_server(self._accept, self.host, 0, reuse_address=True)
             raise SidedoorError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from exc
+
+    async def _start_discovery(self) -> None:
+        assert self.db is not None and self.identity is not None
+        if not self.want_discovery:
+            return
+        if self.db.get_setting("discovery", "on") == "off":
+            log.info("LAN discovery is off (setting)")
+            return
+        if ipaddress.ip_address(self.host if self.host else "0.0.0.0").is_loopback:
+            log.info("LAN discovery is off: the node listens on loopback only")
+            return
+        self.discovery = Discovery(self.identity.address, self.name, self.port,
+                                   on_change=self._on_nearby)
+        await self.discovery.start()
+
+    def _on_nearby(self, event: DiscoveryEvent) -> None:
+        kind = {PeerJoined: "nearby.joined", PeerUpdated: "nearby.updated",
+                PeerLeft: "nearby.left"}[type(event)]
+        self.events.emit(kind, address=event.peer.address, name=event.peer.name)
+
+    async def advertise(self, extra: dict[str, str]) -> None:
+        """Extra TXT entries for LAN discovery (open invites, ...)."""
+        self._advertised = dict(extra)
+        if self.discovery is not None:
+            await self.discovery.update_properties(self._advertised)
+
+    def nearby(self) -> list[dict[str, Any]]:
+        """Nodes seen on the LAN, numbered for `sidedoor add N`, with whether they are contacts."""
+        if self.discovery is None:
+            return []
+        peers = sorted(self.discovery.nearby.values(), key=lambda p: (p.name.lower(), p.address))
+        found = []
+        for number, peer in enumerate(peers, 1):
+            public = PublicIdentity.from_address(peer.address)
+            found.append({
+                "number": number, "address": peer.address, "name": peer.name,
+                "fingerprint": public.fingerprint(), "hosts": peer.hosts, "port": peer.port,
+                "standing": self.standing(public.key),
+                "addrs": [f"[{h}]:{peer.port}" if ":" in h else f"{h}:{peer.port}"
+                          for h in peer.hosts],
+            })
+        return found
 
     def _take_lock(self) -> None:
         path = self.home / LOCK_FILE
@@ -263,6 +314,9 @@ class Node:
         self._stopped.set()
         if self._server is not None:
             self._server.close()
+        if self.discovery is not None:
+            with contextlib.suppress(Exception):
+                await self.discovery.aclose()
         for conn in [*self.sessions, *self._pending]:
             conn.close("the node is shutting down", CloseCode.SHUTTING_DOWN)
         if self._server is not None:
@@ -329,6 +383,7 @@ class Node:
             "started_at": self.started_at,
             "uptime": time.time() - self.started_at,
             "sessions": [s.describe() for s in self.sessions.values()],
+            "discovery": self.discovery is not None,
         }
 
     # ---------------------------------------------------------- sessions
@@ -489,6 +544,11 @@ class Node:
                 # An IK dial fails if the peer's static key changed: retry with XX.
                 last_error = exc
                 continue
+            if pattern is Pattern.XX and conn.is_open:
+                # XX ends with our message: the peer decides on us (blocked, busy) after
+                # we think the handshake is done. One round trip brings its verdict.
+                with contextlib.suppress(SidedoorError):
+                    await conn.ping(timeout)
             if not conn.is_open:
                 reason = conn.session.close_reason or "closed"
                 raise NotAllowed(f"the node refused the connection ({reason}); "

@@ -136,8 +136,12 @@ def name_command(ctx: Context, new_name: str) -> None:
 @click.option("--host", default="0.0.0.0", show_default=True,
               help="Address to listen on for peers.")
 @click.option("--detach", is_flag=True, help="Run in the background and return.")
+@click.option("--no-discovery", is_flag=True,
+              help="Do not announce this node on the LAN or look for colleagues there "
+                   "(also: `sidedoor config set discovery off`).")
 @pass_ctx
-def up_command(ctx: Context, port: int | None, host: str, detach: bool) -> None:
+def up_command(ctx: Context, port: int | None, host: str, detach: bool,
+               no_discovery: bool) -> None:
     """Run your node (in the foreground; Ctrl-C stops it cleanly).
 
     While the node runs, colleagues can reach you and the other commands
@@ -154,7 +158,8 @@ def up_command(ctx: Context, port: int | None, host: str, detach: bool) -> None:
     if detach:
         if _running_pid(home):
             raise NodeAlreadyRunning(f"a node is already running for {home}")
-        pid = start_detached(home, host=host, port=port, debug=ctx.debug)
+        pid = start_detached(home, host=host, port=port, debug=ctx.debug,
+                             discovery=not no_discovery)
         status = _run(_api(home, "GET", "/v1/status"))
         out.print(f"[green]Node started[/] in the background (pid {pid}).")
         _print_status(status)
@@ -166,7 +171,7 @@ def up_command(ctx: Context, port: int | None, host: str, detach: bool) -> None:
         out.print("[green]Node running.[/] Press Ctrl-C to stop.")
         _print_status(status)
 
-    _run(run_node(home, host=host, port=port, on_ready=ready))
+    _run(run_node(home, host=host, port=port, discovery=not no_discovery, on_ready=ready))
     out.print("Node stopped.")
 
 

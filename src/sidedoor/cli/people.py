@@ -13,6 +13,8 @@ from rich.table import Table
 
 from sidedoor.cli.common import Context, _api, _print_json, _run, out, pass_ctx
 from sidedoor.errors import ContactError
+from sidedoor.home import ensure_home
+from sidedoor.storage.db import Database
 
 
 def _ago(timestamp: float | None) -> str:
@@ -35,7 +37,7 @@ def _call(ctx: Context, method: str, path: str, body: dict[str, Any] | None = No
 
 def register(cli: click.Group) -> None:
     for command in (contacts_command, contact_group, requests_group, add_command,
-                    invite_command, join_command):
+                    invite_command, join_command, nearby_command, config_group):
         cli.add_command(command)
 
 
@@ -253,12 +255,15 @@ def add_command(ctx: Context, who: str, addrs: tuple[str, ...], message: str,
                 as_json: bool) -> None:
     """Send a contact request to a colleague.
 
-    WHO is an address, given with --addr when the colleague is not found nearby.
+    WHO is someone from `sidedoor nearby` (their number, name or fingerprint), or
+    an address, with --addr saying where their node listens.
     They see your request with safety words to compare, and accept or decline.
 
     \b
     Example:
-      sidedoor add sdabc...xyz --addr 192.168.1.20:7070 -m "Hi, it's Ann from sales"
+      sidedoor add 2
+      sidedoor add "Bob Builder" -m "Hi, it's Ann from sales"
+      sidedoor add sdabc...xyz --addr 192.168.1.20:7070
     """
     body = {"address": who, "addrs": list(addrs), "message": message}
     data = _call(ctx, "POST", "/v1/add", body, timeout=60)
@@ -276,24 +281,39 @@ def add_command(ctx: Context, who: str, addrs: tuple[str, ...], message: str,
 # -------------------------------------------------------------- invite, join
 
 @click.command("invite")
-@click.option("--link", "want_link", is_flag=True, help="Print a sidedoor:// link.")
+@click.option("--link", "want_link", is_flag=True,
+              help="Make a sidedoor:// link instead, for a colleague anywhere.")
 @click.option("--qr", is_flag=True, help="Show the link as a QR code in the terminal.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also save the QR code as a PNG image.")
+              help="Also save the link's QR code as a PNG image.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
 def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None,
                    as_json: bool) -> None:
-    """Invite a colleague: a one-time link (or QR code) they open with `sidedoor join`.
+    """Invite a colleague: a one-time code to read to them, or a link to send.
 
-    The link carries your signed contact card and a one-time token: whoever
-    joins with it first becomes your contact without a further question.
+    The code (like 7-guitar-orbit) works for a colleague on the same network, once,
+    for 10 minutes: they run `sidedoor join 7-guitar-orbit` and you both become
+    contacts. A wrong guess burns the code.
+
+    The link (--link, --qr, --png) carries your signed contact card and a one-time
+    token: whoever joins with it first becomes your contact.
 
     \b
     Example:
-      sidedoor invite --link
-      sidedoor invite --qr --png invite.png
+      sidedoor invite
+      sidedoor invite --link --qr --png invite.png
     """
+    if not (want_link or qr or png):
+        data = _call(ctx, "POST", "/v1/invites", {})
+        if as_json:
+            _print_json(data)
+            return
+        out.print(f"Your invite code: [bold]{data['code']}[/]")
+        out.print("Read it to your colleague; on their computer they run:")
+        out.print(f"  sidedoor join {data['code']}")
+        out.print("[dim]It works once, for 10 minutes, on this network.[/]")
+        return
     data = _call(ctx, "POST", "/v1/links", {})
     link = data["link"]
     if png is not None:
@@ -310,15 +330,106 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None,
     out.print("[dim]They run: sidedoor join '<link>'[/]")
 
 
+@click.command("nearby")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_ctx
+def nearby_command(ctx: Context, as_json: bool) -> None:
+    """Colleagues' nodes seen on your network right now.
+
+    Add one with `sidedoor add NUMBER` (or their name).
+
+    \b
+    Example:
+      sidedoor nearby
+      sidedoor add 2
+    """
+    data = _call(ctx, "GET", "/v1/nearby")
+    if as_json:
+        _print_json(data)
+        return
+    if not data["discovery"]:
+        out.print("Discovery is off on this node (`sidedoor up` without --no-discovery, "
+                  "or `sidedoor config set discovery on`).")
+        return
+    if not data["nearby"]:
+        out.print("Nobody is visible on this network yet.")
+        return
+    table = Table()
+    for column in ("#", "Name", "Fingerprint", "Contact"):
+        table.add_column(column)
+    for p in data["nearby"]:
+        table.add_row(str(p["number"]), p["name"], p["fingerprint"],
+                      {"contact": "yes", "blocked": "blocked"}.get(p["standing"], "no"))
+    out.print(table)
+
+
+@click.group("config")
+def config_group() -> None:
+    """Read or change a setting of this node.
+
+    \b
+    Settings:
+      discovery   on | off   announce this node on the LAN and see colleagues there
+
+    \b
+    Example:
+      sidedoor config set discovery off
+      sidedoor config get discovery
+    """
+
+
+SETTINGS = {"discovery": ("on", "off")}
+
+
+@config_group.command("set")
+@click.argument("key", type=click.Choice(sorted(SETTINGS)))
+@click.argument("value")
+@pass_ctx
+def config_set(ctx: Context, key: str, value: str) -> None:
+    """Change a setting (takes effect when the node next starts).
+
+    \b
+    Example:
+      sidedoor config set discovery off
+    """
+    if value not in SETTINGS[key]:
+        raise click.BadParameter(f"{key} is one of: {', '.join(SETTINGS[key])}",
+                                 param_hint="VALUE")
+    db = Database(ensure_home(ctx.home))
+    try:
+        db.set_setting(key, value)
+    finally:
+        db.close()
+    out.print(f"{key} = {value} (restart the node for it to apply: sidedoor down; sidedoor up)")
+
+
+@config_group.command("get")
+@click.argument("key", type=click.Choice(sorted(SETTINGS)))
+@pass_ctx
+def config_get(ctx: Context, key: str) -> None:
+    """Show a setting.
+
+    \b
+    Example:
+      sidedoor config get discovery
+    """
+    db = Database(ensure_home(ctx.home))
+    try:
+        click.echo(db.get_setting(key, SETTINGS[key][0]))
+    finally:
+        db.close()
+
+
 @click.command("join")
 @click.argument("code_or_link")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
 def join_command(ctx: Context, code_or_link: str, as_json: bool) -> None:
-    """Join a colleague's invite: a sidedoor:// link.
+    """Join a colleague's invite: the code they read to you, or the link they sent.
 
     \b
     Example:
+      sidedoor join 7-guitar-orbit
       sidedoor join 'sidedoor://add/...'
     """
     data = _call(ctx, "POST", "/v1/join", {"text": code_or_link}, timeout=60)

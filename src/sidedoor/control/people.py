@@ -6,7 +6,9 @@
     POST /v1/requests/{id}/accept|decline
     POST /v1/add                            {address, addrs: [host:port], message}: send a request
     POST /v1/links                          a one-time sidedoor:// link (and its QR as SVG)
-    POST /v1/join                           {text}: a link (or, with discovery, an invite code)
+    POST /v1/invites                        a one-time invite code for a colleague nearby
+    POST /v1/join                           {text}: an invite code or a link
+    GET  /v1/nearby                         nodes seen on the LAN right now
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import segno
 from aiohttp import web
 
-from sidedoor.errors import ContactError
+from sidedoor.errors import ContactError, SidedoorError
 from sidedoor.identity import PublicIdentity
 from sidedoor.node import Node
 from sidedoor.services.contacts import Contact
@@ -32,6 +34,8 @@ def add_routes(app: web.Application, node: Node, read_json: Any) -> None:
     app.router.add_post("/v1/add", routes.add)
     app.router.add_post("/v1/links", routes.link)
     app.router.add_post("/v1/join", routes.join)
+    app.router.add_post("/v1/invites", routes.invite)
+    app.router.add_get("/v1/nearby", routes.nearby)
 
 
 def qr_svg(text: str) -> str:
@@ -117,10 +121,36 @@ class PeopleRoutes:
             return web.json_response({"declined": request_id})
         raise web.HTTPNotFound()
 
+    def _find_nearby(self, who: str) -> dict[str, Any]:
+        peers = self.node.nearby()
+        text = who.strip().lower()
+        for test in (
+            lambda p: str(p["number"]) == text,
+            lambda p: p["address"] == text or p["fingerprint"] == text,
+            lambda p: p["name"].lower() == text,
+            lambda p: len(text) >= 6 and p["address"].startswith(text),
+            lambda p: p["name"].lower().startswith(text),
+        ):
+            found = [p for p in peers if test(p)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise ContactError(f"{who!r} matches several people nearby; use the number "
+                                   "from `sidedoor nearby`")
+        if not peers:
+            raise ContactError("nobody is visible nearby; give their address and --addr")
+        raise ContactError(f"nobody nearby matches {who!r}; `sidedoor nearby` lists them")
+
     async def add(self, request: web.Request) -> web.Response:
         body = await self.read_json(request)
         address, addrs = body.get("address"), body.get("addrs", [])
         message = body.get("message", "")
+        if isinstance(address, str) and not addrs:
+            try:
+                PublicIdentity.from_address(address)
+            except SidedoorError:
+                peer = self._find_nearby(address)
+                address, addrs = peer["address"], peer["addrs"]
         if not isinstance(address, str):
             raise ContactError("give the address of the person to add")
         if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):
@@ -144,4 +174,14 @@ class PeopleRoutes:
         if text.strip().startswith("sidedoor:"):
             status, name = await self.node.introductions.join_link(text)
             return web.json_response({"status": status, "name": name})
-        raise ContactError("invite codes need LAN discovery, which is not running")
+        contact = await self.node.invites.join(text)
+        return web.json_response({"status": "accepted", "name": contact.petname,
+                                  "contact": self._describe(contact)})
+
+    async def invite(self, request: web.Request) -> web.Response:
+        invite = await self.node.invites.create()
+        return web.json_response({"code": str(invite.code), "expires_at": invite.expires_at})
+
+    async def nearby(self, request: web.Request) -> web.Response:
+        return web.json_response({"discovery": self.node.discovery is not None,
+                                  "nearby": self.node.nearby()})

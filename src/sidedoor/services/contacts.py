@@ -212,8 +212,10 @@ class ContactBook:
         """Store a request (a newer one from the same identity replaces the older)."""
         card = open_card(card_bytes)
         if direction == "in":
+            # A newer request from someone already waiting replaces theirs: not counted.
             (pending,) = self.db.call(lambda c: c.execute(
-                "SELECT count(*) FROM contact_requests WHERE direction = 'in'").fetchone())
+                "SELECT count(*) FROM contact_requests WHERE direction = 'in' "
+                "AND identity != ?", (card.identity,)).fetchone())
             if pending >= MAX_PENDING_REQUESTS:
                 raise ContactError("too many contact requests are waiting; answer some first")
         row = self.db.call(lambda c: c.execute(

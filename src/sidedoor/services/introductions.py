@@ -52,13 +52,16 @@ def parse_link(text: str) -> Link:
     parsed = urllib.parse.urlsplit(text.strip())
     if parsed.scheme != LINK_SCHEME or parsed.netloc != "add":
         raise ContactError("that is not a sidedoor link (they start with sidedoor://add/)")
-    card_bytes = card_from_text(parsed.path.lstrip("/"))
     try:
+        card_bytes = card_from_text(parsed.path.lstrip("/"))
         card = open_card(card_bytes)
     except InvalidCard as exc:
         raise ContactError(f"this link is damaged or forged: {exc}") from exc
     token_text = urllib.parse.parse_qs(parsed.query).get("t", [""])[0]
-    token = card_from_text(token_text) if token_text else b""
+    try:
+        token = card_from_text(token_text) if token_text else b""
+    except InvalidCard as exc:
+        raise ContactError("this link's token is damaged") from exc
     if len(token) not in (0, 16):
         raise ContactError("this link's token is damaged")
     return Link(card, card_bytes, token)
@@ -97,7 +100,7 @@ class Introductions:
         assert self.node.contacts is not None
         return self.node.contacts
 
-    async def _add_contact(self, card_bytes: bytes, source: str, *, verified: bool = False
+    async def add_contact(self, card_bytes: bytes, source: str, *, verified: bool = False
                            ) -> Contact:
         node = self.node
         assert node.db is not None
@@ -124,7 +127,7 @@ class Introductions:
         card = open_card(meta.card)
         if card.identity != remote.key:
             raise NotAllowed("the card in the request belongs to someone else")
-        message = clean_name(meta.message)[: wire.MAX_MESSAGE_LEN]
+        message = clean_name(meta.message, wire.MAX_MESSAGE_LEN)
         standing = node.standing(remote.key)
         if standing == "contact":
             await node.db.run(lambda: self.book.add(meta.card, source="request", now=now))
@@ -134,12 +137,12 @@ class Introductions:
         if meta.token:
             token_ok = await node.db.run(self.book.use_token, meta.token, now)
         if token_ok:
-            await self._add_contact(meta.card, "link")
+            await self.add_contact(meta.card, "link")
             await self._reply(stream, wire.Reply("accepted", node.my_card()))
             return
         if await node.db.run(self.book.outgoing_request, remote.key) is not None:
             # We asked them too: that is consent on both sides.
-            await self._add_contact(meta.card, "request")
+            await self.add_contact(meta.card, "request")
             await self._reply(stream, wire.Reply("accepted", node.my_card()))
             return
         via = "link" if meta.token else "nearby"
@@ -160,7 +163,7 @@ class Introductions:
         if asked is None and node.standing(remote.key) != "contact":
             await self._reply(stream, wire.Reply("refused", reason="we did not ask you"))
             return
-        await self._add_contact(meta.card, "request")
+        await self.add_contact(meta.card, "request")
         await self._reply(stream, wire.Reply("accepted", node.my_card()))
 
     @staticmethod
@@ -190,7 +193,7 @@ class Introductions:
                 raise NotAllowed("the reply came with someone else's card")
             name = card.name
         if reply.status == "accepted" and reply.card:
-            await self._add_contact(reply.card, via)
+            await self.add_contact(reply.card, via)
         elif reply.status == "queued" and reply.card:
             await node.db.run(lambda: self.book.add_request(
                 reply.card, direction="out", message=message, via=via, now=time.time()))
@@ -211,7 +214,7 @@ class Introductions:
         request = await node.db.run(self.book.request, request_id)
         if request is None or request.direction != "in":
             raise ContactError(f"no waiting request #{request_id}; `sidedoor requests` lists them")
-        contact = await self._add_contact(request.card_bytes, "request")
+        contact = await self.add_contact(request.card_bytes, "request")
         told = False
         try:
             conn = await node.connect_any(contact.public, [*request.card.addrs], timeout=5)
