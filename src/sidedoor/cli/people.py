@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ import segno
 from rich.table import Table
 
 from sidedoor.cli.common import Context, _api, _print_json, _run, out, pass_ctx
+from sidedoor.control.client import ControlClient
 from sidedoor.errors import ContactError
 from sidedoor.home import ensure_home
 from sidedoor.storage.db import Database
@@ -286,9 +288,11 @@ def add_command(ctx: Context, who: str, addrs: tuple[str, ...], message: str,
 @click.option("--qr", is_flag=True, help="Show the link as a QR code in the terminal.")
 @click.option("--png", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also save the link's QR code as a PNG image.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="With a code: wait until the colleague joins (or the code fails).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (does not wait).")
 @pass_ctx
-def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None,
+def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None, wait: bool,
                    as_json: bool) -> None:
     """Invite a colleague: a one-time code to read to them, or a link to send.
 
@@ -313,6 +317,21 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None,
         out.print("Read it to your colleague; on their computer they run:")
         out.print(f"  sidedoor join {data['code']}")
         out.print("[dim]It works once, for 10 minutes, on this network.[/]")
+        if wait:
+            nameplate = int(data["code"].split("-")[0])
+            try:
+                with out.status("Waiting for your colleague…"):
+                    outcome = _run(_wait_for_invite(ctx.home, nameplate, data["expires_at"]))
+            except KeyboardInterrupt:
+                out.print("Stopped waiting; the code stays valid until it expires.")
+                return
+            if outcome is None:
+                raise ContactError("the code expired unused; make a new one with "
+                                   "`sidedoor invite`")
+            if outcome["type"] == "invite.failed":
+                raise ContactError("someone tried the code and it did not match, so it is "
+                                   "burned; check with your colleague and make a new one")
+            out.print(f"[green]{outcome['name']} joined: you are now contacts.[/]")
         return
     data = _call(ctx, "POST", "/v1/links", {})
     link = data["link"]
@@ -328,6 +347,24 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None,
     if png is not None:
         out.print(f"QR code saved to {png}")
     out.print("[dim]They run: sidedoor join '<link>'[/]")
+
+
+async def _wait_for_invite(home: Path, nameplate: int, expires_at: float
+                           ) -> dict[str, Any] | None:
+    """The invite.accepted or invite.failed event for ``nameplate``; None when it expires."""
+
+    async def watch() -> dict[str, Any] | None:
+        async with ControlClient(home) as client:
+            async for event in client.events():
+                if event.get("nameplate") == nameplate and event["type"] in (
+                        "invite.accepted", "invite.failed"):
+                    return event
+        return None
+
+    try:
+        return await asyncio.wait_for(watch(), max(1.0, expires_at - time.time()))
+    except TimeoutError:
+        return None
 
 
 @click.command("nearby")
@@ -422,9 +459,11 @@ def config_get(ctx: Context, key: str) -> None:
 
 @click.command("join")
 @click.argument("code_or_link")
+@click.option("--wait", type=click.FloatRange(0.5, 120), default=15, show_default=True,
+              help="Seconds to look for the colleague's node on the network.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
-def join_command(ctx: Context, code_or_link: str, as_json: bool) -> None:
+def join_command(ctx: Context, code_or_link: str, wait: float, as_json: bool) -> None:
     """Join a colleague's invite: the code they read to you, or the link they sent.
 
     \b
@@ -432,7 +471,8 @@ def join_command(ctx: Context, code_or_link: str, as_json: bool) -> None:
       sidedoor join 7-guitar-orbit
       sidedoor join 'sidedoor://add/...'
     """
-    data = _call(ctx, "POST", "/v1/join", {"text": code_or_link}, timeout=60)
+    data = _call(ctx, "POST", "/v1/join", {"text": code_or_link, "wait": wait},
+                 timeout=wait + 60)
     if as_json:
         _print_json(data)
         return

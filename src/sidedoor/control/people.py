@@ -174,7 +174,10 @@ class PeopleRoutes:
         if text.strip().startswith("sidedoor:"):
             status, name = await self.node.introductions.join_link(text)
             return web.json_response({"status": status, "name": name})
-        contact = await self.node.invites.join(text)
+        wait = body.get("wait", 15)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 < wait <= 120:
+            raise ContactError("'wait' is 0 to 120 seconds")
+        contact = await self.node.invites.join(text, float(wait))
         return web.json_response({"status": "accepted", "name": contact.petname,
                                   "contact": self._describe(contact)})
 

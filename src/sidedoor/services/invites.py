@@ -140,9 +140,9 @@ class Invites:
         # The code was read out between the two people: that is as good as comparing words.
         return await self.node.introductions.add_contact(card_bytes, "invite", verified=True)
 
-    async def join(self, text: str) -> Contact:
+    async def join(self, text: str, find_timeout: float = FIND_TIMEOUT) -> Contact:
         code = parse_code(text)
-        peer = await self._find(code.nameplate)
+        peer = await self._find(code.nameplate, find_timeout)
         remote = PublicIdentity.from_address(peer.address)
         if remote == self.node.public:
             raise ContactError("that is your own invite; give the code to a colleague")
@@ -152,14 +152,14 @@ class Invites:
         return await self._run(self._machine(InviteRole.JOINER, code, remote, stream), remote,
                                stream)
 
-    async def _find(self, nameplate: int) -> NearbyPeer:
+    async def _find(self, nameplate: int, timeout: float) -> NearbyPeer:
         discovery = self.node.discovery
         if discovery is None:
             raise ContactError(
                 "invite codes work between colleagues on the same network, and discovery is "
                 "off on this node; ask for a link instead (`sidedoor invite --link`)"
             )
-        deadline = time.monotonic() + FIND_TIMEOUT
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for peer in list(discovery.nearby.values()):
                 if nameplate in nameplates_of(peer):
