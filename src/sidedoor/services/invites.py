@@ -143,10 +143,14 @@ class Invites:
     async def join(self, text: str, find_timeout: float = FIND_TIMEOUT) -> Contact:
         code = parse_code(text)
         peer = await self._find(code.nameplate, find_timeout)
-        remote = PublicIdentity.from_address(peer.address)
+        addrs = [f"[{h}]:{peer.port}" if ":" in h else f"{h}:{peer.port}" for h in peer.hosts]
+        return await self.join_at(code, PublicIdentity.from_address(peer.address), addrs)
+
+    async def join_at(self, code: InviteCode, remote: PublicIdentity, addrs: list[str]
+                      ) -> Contact:
+        """Use ``code`` with the node ``remote`` found at ``addrs`` (on the LAN, or via a broker)."""
         if remote == self.node.public:
             raise ContactError("that is your own invite; give the code to a colleague")
-        addrs = [f"[{h}]:{peer.port}" if ":" in h else f"{h}:{peer.port}" for h in peer.hosts]
         conn = await self.node.connect_any(remote, addrs)
         stream = await conn.open_channel(KIND_INVITE, msgspec.msgpack.encode(code.nameplate))
         return await self._run(self._machine(InviteRole.JOINER, code, remote, stream), remote,
