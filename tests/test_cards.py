@@ -17,12 +17,12 @@ from sidedoor.cards import (
     SignedCard,
     card_from_text,
     card_to_text,
-    clean_name,
     make_card,
     open_card,
 )
 from sidedoor.errors import InvalidCard, RemoteProtocolError
 from sidedoor.identity import Identity, SignatureDomain
+from sidedoor.names import clean_name
 
 ADDRS = ["127.0.0.1:7070", "[fe80::1]:7070"]
 BROKERS = ["https://broker.example/"]

@@ -10,16 +10,15 @@ msgpack bytes of a `ContactCard` and an Ed25519 signature over them under
 from __future__ import annotations
 
 import base64
-import unicodedata
 
 import msgspec
 
 from sidedoor.errors import InvalidCard
 from sidedoor.identity import Identity, PublicIdentity, SignatureDomain
+from sidedoor.names import MAX_NAME_LEN, clean_name
 
 CARD_VERSION = 1
 MAX_CARD_BYTES = 2048
-MAX_NAME_LEN = 64
 MAX_ADDRS = 8
 MAX_ADDR_LEN = 64
 MAX_BROKERS = 4
@@ -48,19 +47,6 @@ class SignedCard(msgspec.Struct, array_like=True, frozen=True):
 _encoder = msgspec.msgpack.Encoder()
 _card_decoder = msgspec.msgpack.Decoder(ContactCard)
 _signed_decoder = msgspec.msgpack.Decoder(SignedCard)
-
-
-def clean_name(name: str, limit: int = MAX_NAME_LEN) -> str:
-    """A display name as shown to users: printable, trimmed, at most 64 characters.
-
-    Also cleans other short texts from peers (request messages) with their own ``limit``.
-    """
-    # Whitespace (tabs, newlines) separates words; other control and format characters go.
-    printable = "".join(
-        ch for ch in name if ch.isspace() or unicodedata.category(ch)[0] != "C"
-    )
-    # Trim again after cutting: a name cut at a space must not end with one.
-    return " ".join(printable.split())[:limit].rstrip()
 
 
 def make_card(

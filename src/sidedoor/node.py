@@ -20,7 +20,7 @@ from typing import Any
 
 import ifaddr
 
-from sidedoor.cards import clean_name, make_card
+from sidedoor.cards import make_card
 from sidedoor.errors import (
     ConnectError,
     ContactError,
@@ -37,6 +37,7 @@ from sidedoor.identity import (
     load_or_create_identity,
     verify_noise_proof,
 )
+from sidedoor.names import clean_name
 from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
 from sidedoor.net.mdns import Discovery, DiscoveryEvent, PeerJoined, PeerLeft, PeerUpdated
 from sidedoor.proto.messages import CloseCode, IdentityProof

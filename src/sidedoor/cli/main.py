@@ -15,7 +15,6 @@ import click
 from rich.table import Table
 
 from sidedoor import __version__
-from sidedoor.cards import clean_name
 from sidedoor.cli import people
 from sidedoor.cli.common import Context, _api, _print_json, _run, err, out, pass_ctx
 from sidedoor.control.server import parse_host_port
@@ -23,6 +22,7 @@ from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_ex
 from sidedoor.errors import NodeAlreadyRunning, NodeNotRunning, SidedoorError
 from sidedoor.home import ensure_home, resolve_home
 from sidedoor.identity import load_or_create_identity
+from sidedoor.names import clean_name
 from sidedoor.node import DEFAULT_NAME, Node, PingResult
 from sidedoor.storage.db import Database
 

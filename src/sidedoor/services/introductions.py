@@ -16,9 +16,10 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from sidedoor.cards import ContactCard, card_from_text, card_to_text, clean_name, open_card
+from sidedoor.cards import ContactCard, card_from_text, card_to_text, open_card
 from sidedoor.errors import ContactError, InvalidCard, NotAllowed
 from sidedoor.identity import PublicIdentity
+from sidedoor.names import clean_name
 from sidedoor.net.connection import ChannelStream
 from sidedoor.proto import introductions as wire
 from sidedoor.services.contacts import Contact, ContactBook

@@ -148,7 +148,7 @@ class Invites:
 
     async def join_at(self, code: InviteCode, remote: PublicIdentity, addrs: list[str]
                       ) -> Contact:
-        """Use ``code`` with the node ``remote`` found at ``addrs`` (on the LAN, or via a broker)."""
+        """Use ``code`` with the node ``remote`` at ``addrs`` (found on the LAN, or by a broker)."""
         if remote == self.node.public:
             raise ContactError("that is your own invite; give the code to a colleague")
         conn = await self.node.connect_any(remote, addrs)
