@@ -9,6 +9,7 @@ The hierarchy::
     ├── IdentityError                the identity on disk cannot be used
     │   └── InsecureKeyFile          the key file is readable by other users
     ├── StorageError                 the node's database cannot be opened or migrated
+    ├── DiscoveryError               LAN discovery (mDNS) cannot start
     ├── NodeError                    the local node, seen from the CLI
     │   ├── NodeNotRunning           no node answers for this home
     │   ├── NodeAlreadyRunning       a second ``up`` for the same home
@@ -42,6 +43,7 @@ __all__ = [
     "ContactError",
     "ControlAPIError",
     "DecryptError",
+    "DiscoveryError",
     "FlowControlError",
     "FrameTooLarge",
     "HandshakeFailed",
@@ -89,6 +91,10 @@ class InsecureKeyFile(IdentityError):
 
 class StorageError(SidedoorError):
     """The node's database could not be opened, migrated or written."""
+
+
+class DiscoveryError(SidedoorError):
+    """LAN discovery could not start: no usable network interface, or mDNS cannot be used."""
 
 
 class NodeError(SidedoorError):

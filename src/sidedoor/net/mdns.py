@@ -61,7 +61,7 @@ from zeroconf import (  # type: ignore[attr-defined]  # DNS* are re-exported, no
 )
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from sidedoor.errors import LocalProtocolError, SidedoorError
+from sidedoor.errors import DiscoveryError, LocalProtocolError
 from sidedoor.identity import decode_address, encode_address
 from sidedoor.names import clean_text as sanitize_name
 from sidedoor.proto.lan_record import (
@@ -120,10 +120,6 @@ _FLAGS_QR_QUERY: Final = 0x0000
 _TYPE_TXT: Final = 16
 _TYPE_SRV: Final = 33
 _CLASS_IN: Final = 1
-
-
-class DiscoveryError(SidedoorError):
-    """LAN discovery could not start: no usable network interface, or mDNS cannot be used."""
 
 
 # ----------------------------------------------------------------- peers and events
