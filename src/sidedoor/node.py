@@ -24,6 +24,7 @@ from sidedoor.cards import make_card
 from sidedoor.errors import (
     ConnectError,
     ContactError,
+    DiscoveryError,
     HandshakeFailed,
     NodeAlreadyRunning,
     NotAllowed,
@@ -242,9 +243,16 @@ class Node:
         if ipaddress.ip_address(self.host if self.host else "0.0.0.0").is_loopback:
             log.info("LAN discovery is off: the node listens on loopback only")
             return
-        self.discovery = Discovery(self.identity.address, self.name, self.port,
-                                   on_change=self._on_nearby)
-        await self.discovery.start()
+        discovery = Discovery(self.identity.address, self.name, self.port,
+                              on_change=self._on_nearby)
+        try:
+            await discovery.start()
+        except DiscoveryError as exc:
+            # The node is still useful without it: links and addresses work.
+            log.warning("LAN discovery is off: %s", exc)
+            await discovery.aclose()
+            return
+        self.discovery = discovery
 
     def _on_nearby(self, event: DiscoveryEvent) -> None:
         kind = {PeerJoined: "nearby.joined", PeerUpdated: "nearby.updated",
