@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sidedoor.control.server import ControlServer
-from sidedoor.errors import NodeError
+from sidedoor.errors import NodeAlreadyRunning, NodeError
 from sidedoor.home import CONTROL_FILE, LOCK_FILE, LOG_FILE, ensure_home
 from sidedoor.node import Node
 
@@ -70,8 +70,28 @@ async def run_node(
 
 def start_detached(home: Path, *, host: str, port: int | None, debug: bool,
                    discovery: bool = True) -> int:
-    """Start ``sidedoor up`` in the background; return its pid once its API answers."""
+    """Start ``sidedoor up`` in the background; return its pid once its API answers.
+
+    Refuses (NodeAlreadyRunning) while a process holds the home's lock: that node is
+    alive even if its API did not answer, and its control.json must stay.
+    """
     ensure_home(home)
+    try:
+        fd = os.open(home / LOCK_FILE, os.O_RDWR)
+    except FileNotFoundError:
+        pass
+    else:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            raise NodeAlreadyRunning(
+                f"a node is already running for {home} (pid {pid or '?'}); "
+                f"stop it with `sidedoor --home {home} down`"
+            ) from None
+        finally:
+            os.close(fd)  # and with it our hold on the lock, for the new node to take
+    # Nobody holds the lock: a control.json here is stale (left by a crash).
     error_file = home / STARTUP_ERROR_FILE
     with contextlib.suppress(FileNotFoundError):
         error_file.unlink()

@@ -54,6 +54,12 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "sidedoor user"
 EVENT_QUEUE_LIMIT = 1000
 MAX_STRANGER_SESSIONS = 32
+MAX_STRANGERS_PER_HOST = 4
+MAX_STRANGER_CHANNELS = 4
+STRANGER_WINDOW = 64 << 10
+STRANGER_LIFETIME = 60.0
+MAX_PENDING = 256  # connections still in their handshake (each holds a few KiB)
+MAX_PENDING_PER_HOST = 32
 
 # Serves one channel a peer opened: (who opened it, the stream).
 StreamHandler = Callable[[PublicIdentity, ChannelStream], Awaitable[None]]
@@ -407,8 +413,8 @@ class Node:
     def _accept(self) -> Connection:
         session = new_session(Role.RESPONDER, self._keys(), verify_noise_proof,
                               config=self.session_config)
-        conn = Connection(session, on_handshake=self._on_handshake, on_channel=self._on_channel,
-                          on_closed=self._on_closed)
+        conn = Connection(session, on_made=self._admit, on_handshake=self._on_handshake,
+                          on_channel=self._on_channel, on_closed=self._on_closed)
         self._pending.add(conn)
         conn.handshake.add_done_callback(lambda fut: self._on_handshake_failed(conn, fut))
         return conn
@@ -431,11 +437,17 @@ class Node:
             log.info("refused %s from %s: blocked", remote.address, addr)
             conn.close("not allowed", CloseCode.NOT_ALLOWED)
             return
-        strangers = sum(1 for s in self.sessions.values() if not s.contact)
-        if standing == "stranger" and strangers >= MAX_STRANGER_SESSIONS:
-            log.info("refused %s from %s: too many sessions with strangers", remote.address, addr)
-            conn.close("busy", CloseCode.NOT_ALLOWED)
-            return
+        if standing == "stranger":
+            strangers = [s for s in self.sessions.values() if not s.contact]
+            same_host = sum(1 for s in strangers if s.remote_addr.rpartition(":")[0] == peer[0])
+            if len(strangers) >= MAX_STRANGER_SESSIONS or same_host >= MAX_STRANGERS_PER_HOST:
+                log.info("refused %s from %s: too many sessions with strangers",
+                         remote.address, addr)
+                conn.close("busy: try again in a minute", CloseCode.BUSY)
+                return
+            # Introductions are short: a stranger's session does not linger.
+            asyncio.get_running_loop().call_later(
+                STRANGER_LIFETIME, self._end_stranger_session, conn)
         info = PeerSession(conn, remote, direction, classify_path(str(peer[0])), addr,
                            contact=standing == "contact")
         self.sessions[conn] = info
@@ -449,6 +461,20 @@ class Node:
         log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
                  info.path, addr)
         self.events.emit("session.opened", **info.describe())
+
+    def _end_stranger_session(self, conn: Connection) -> None:
+        info = self.sessions.get(conn)
+        if info is not None and self.standing(info.remote.key) == "stranger":
+            conn.close("introductions take a minute at most", CloseCode.BUSY)
+
+    def _admit(self, conn: Connection) -> bool:
+        """Before any byte is read: cap the connections still in their handshake."""
+        host = conn.peername[0] if conn.peername else "?"
+        same_host = sum(1 for c in self._pending if c.peername and c.peername[0] == host)
+        if len(self._pending) > MAX_PENDING or same_host > MAX_PENDING_PER_HOST:
+            log.debug("dropped a connection from %s: too many handshakes in progress", host)
+            return False
+        return True
 
     def _on_closed(self, conn: Connection) -> None:
         self._pending.discard(conn)
@@ -472,18 +498,33 @@ class Node:
         info = self.sessions.get(conn)
         if info is None:
             return "the session is closing"
-        if not strangers_ok and self.standing(info.remote.key) != "contact":
-            return "not allowed: you are not a contact of this node"
+        if self.standing(info.remote.key) != "contact":
+            if not strangers_ok:
+                return "not allowed: you are not a contact of this node"
+            if conn.session.open_channels > MAX_STRANGER_CHANNELS:
+                return "busy: too many requests at once"
+            # A stranger's introduction is a few KiB: it may not park more than this.
+            stream.receive_window = STRANGER_WINDOW
         self._spawn(self._serve_channel(handler, info.remote, stream))
         return None
 
     async def _serve_channel(self, handler: StreamHandler, remote: PublicIdentity,
                              stream: ChannelStream) -> None:
+        conn = stream.connection
         try:
             await handler(remote, stream)
         except (SidedoorError, TimeoutError) as exc:
             log.info("%s channel from %s failed: %s", stream.kind, remote.address, exc)
             stream.reset(str(exc)[:200] or "failed")
+        except Exception:
+            log.exception("%s channel from %s failed", stream.kind, remote.address)
+            stream.reset("internal error")
+        finally:
+            # Done with it: whatever the peer still sends on it is not wanted.
+            stream.reset("done")
+            if (self.standing(remote.key) == "stranger" and conn.is_open
+                    and conn.session.open_channels == 0):
+                conn.close("introduction done")
 
     # ------------------------------------------------------------ contacts
     def standing(self, identity: bytes) -> Standing:

@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import json
 import os
+import re
 import signal
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -348,3 +351,112 @@ def test_foreground_up_stops_cleanly_on_signal(home: Path, sig: signal.Signals) 
     assert "Node stopped" in out
     assert not control.exists()
     assert lock_free(home)
+
+
+# ------------------------------------------ up --detach next to a live node
+
+class _Answer(http.server.BaseHTTPRequestHandler):
+    """A node's control API in trouble: an error in JSON, a bug in plain text, or silence."""
+
+    mode = "error"
+    release = threading.Event()
+
+    def do_GET(self) -> None:
+        if self.mode == "slow":
+            self.release.wait(10)
+            return
+        if self.mode == "error":
+            body, kind = b'{"error": {"type": "X", "message": "busy right now"}}', "json"
+        else:
+            body, kind = b"500 Internal Server Error", "plain"
+        self.send_response(503 if self.mode == "error" else 500)
+        self.send_header("Content-Type", f"application/{kind}" if kind == "json" else "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _troubled_node(home: Path, mode: str) -> Iterator[str]:
+    """``home`` as a live node with a troubled API leaves it: its lock held, its
+    control.json naming a server that answers in ``mode``. Yields control.json's text."""
+    new_identity(home)
+    handler = type("Handler", (_Answer,), {"mode": mode, "release": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        control = json.dumps({"port": server.server_address[1], "token": "t", "pid": os.getpid()})
+        (home / CONTROL_FILE).write_text(control)
+        yield control
+    finally:
+        os.close(fd)
+        handler.release.set()
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("mode", ["error", "bug", "slow"])
+def test_up_detach_does_not_touch_a_node_whose_api_fails(home: Path, mode: str) -> None:
+    """Only "no node runs" lets `up --detach` start one; any other trouble asking is
+    reported, and the live node keeps its control.json (it was deleted)."""
+    with _troubled_node(home, mode) as control:
+        start = time.monotonic()
+        message = failed(sd_in(home, "up", "--detach", "--host", "127.0.0.1", "--no-discovery"),
+                         "cannot tell whether the node", "not starting another")
+        assert {"error": "busy right now", "bug": "HTTP 500",
+                "slow": "did not answer within 5 s"}[mode] in message
+        assert time.monotonic() - start < 10
+        assert (home / CONTROL_FILE).read_text() == control
+        assert not (home / "startup-error.txt").exists()  # no second node was started
+
+
+def test_up_detach_refuses_while_the_lock_is_held(home: Path) -> None:
+    """A control.json whose API does not answer looks stale; but a process holds the
+    lock, so a node lives: no second node, and its control.json stays."""
+    with _troubled_node(home, "error"):
+        control = json.dumps({"port": free_port(), "token": "t", "pid": os.getpid()})
+        (home / CONTROL_FILE).write_text(control)  # nobody listens there
+        failed(sd_in(home, "up", "--detach", "--host", "127.0.0.1", "--no-discovery"),
+               "already running", f"pid {os.getpid()}")
+        assert (home / CONTROL_FILE).read_text() == control
+
+
+def test_up_detach_replaces_a_stale_control_file(home: Path) -> None:
+    """A control.json left by a crash (no lock held, nobody listening) does not stop `up`."""
+    new_identity(home)
+    (home / CONTROL_FILE).write_text(json.dumps({"port": free_port(), "token": "t", "pid": 1}))
+    try:
+        ok(sd(home, "up", "--detach", "--host", "127.0.0.1", "--no-discovery"))
+        assert as_json(sd_in(home, "status", "--json"))["running"] is True
+    finally:
+        stop_node(home)
+
+
+# --------------------------------------------------- how long ago, one way
+
+def test_one_way_to_say_how_long_ago() -> None:
+    from sidedoor.cli import common, main, people
+
+    assert main._ago is common._ago and people._ago is common._ago
+    now = 1_700_000_000.0
+    said = {seconds: common._ago(now - seconds, now)
+            for seconds in (0, 89, 90, 5399, 5400, 172799, 172800, 10 * 86400)}
+    assert said == {0: "just now", 89: "just now", 90: "1 min ago", 5399: "89 min ago",
+                    5400: "1 h ago", 172799: "47 h ago", 172800: "2 days ago",
+                    10 * 86400: "10 days ago"}
+    assert common._ago(None) == common._ago(0) == "never"
+
+
+def test_status_says_when_the_node_started(node_a: Detached) -> None:
+    text = ok(sd_in(node_a.home, "status")).stdout
+    assert re.search(r"Running \(pid \d+, started (just now|\d+ min ago)\)", text), text

@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sidedoor.control.client import ControlClient
 from sidedoor.control.server import ControlServer
-from sidedoor.errors import ControlAPIError
+from sidedoor.errors import ContactError, ControlAPIError, NotAllowed, PeerTimeout
 from sidedoor.home import CONTROL_FILE
+from sidedoor.identity import PublicIdentity
+from sidedoor.net.connection import ChannelClosedError
 from sidedoor.node import Node
 
 HOST = "127.0.0.1"
@@ -277,3 +283,152 @@ async def test_control_client(api: Api) -> None:
         with pytest.raises(ControlAPIError) as caught:
             await client.call("POST", "/v1/ping", {"count": 0})
         assert caught.value.status == 400
+
+
+# ------------------------------------------- errors that are not SidedoorError
+
+def _raising(exc: BaseException) -> Any:
+    def status() -> dict[str, Any]:
+        raise exc
+
+    return status
+
+
+async def test_a_timeout_is_a_504_in_json(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.node, "status", _raising(TimeoutError()))
+    status, body = await api.call("GET", "/v1/status")
+    assert status == 504
+    assert assert_error(body, "Timeout") == "the other node did not answer in time"
+
+
+async def test_a_bug_is_a_500_in_json_and_a_traceback_in_the_log(
+        api: Api, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(api.node, "status", _raising(KeyError("secret detail")))
+    with caplog.at_level(logging.ERROR, logger="sidedoor.control.server"):
+        status, body = await api.call("GET", "/v1/status")
+    assert status == 500
+    message = assert_error(body, "InternalError")
+    assert message == "internal error; see the node's log"
+    (record,) = [r for r in caplog.records if r.name == "sidedoor.control.server"]
+    assert record.exc_info is not None and record.exc_info[0] is KeyError
+    assert "GET /v1/status" in record.getMessage()
+    # The node goes on answering.
+    monkeypatch.undo()
+    status, _ = await api.call("GET", "/v1/status")
+    assert status == 200
+
+
+@pytest.mark.parametrize("exc", [
+    ChannelClosedError("the channel was reset"),
+    NotAllowed("they refused the request: no"),
+    PeerTimeout("the peer went silent"),
+], ids=lambda exc: type(exc).__name__)
+async def test_errors_from_the_other_node_are_502(api: Api, monkeypatch: pytest.MonkeyPatch,
+                                                  exc: Exception) -> None:
+    monkeypatch.setattr(api.node, "status", _raising(exc))
+    status, body = await api.call("GET", "/v1/status")
+    assert status == 502
+    assert assert_error(body, type(exc).__name__) == str(exc)
+
+
+async def test_our_own_refusals_stay_400(api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.node, "status", _raising(ContactError("no contact matches 'x'")))
+    status, body = await api.call("GET", "/v1/status")
+    assert status == 400
+    assert_error(body, "ContactError")
+
+
+async def test_http_errors_pass_through(api: Api) -> None:
+    """aiohttp's own answers (404 here, 400 for a body that is not JSON) are not bugs."""
+    async with api.http.get(api.base + "/v1/nothing-here", headers=api.auth) as resp:
+        assert resp.status == 404
+    headers = {**api.auth, "Content-Type": "application/json"}
+    status, body = await api.call("POST", "/v1/add", headers=headers, data=b"{nope")
+    assert status == 400
+    assert "JSON" in assert_error(body, "BadRequest")
+
+
+async def test_the_client_turns_a_bug_into_a_control_api_error(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(api.node, "status", _raising(RuntimeError("boom")))
+    async with ControlClient(api.node.home) as client:
+        with pytest.raises(ControlAPIError) as caught:
+            await client.call("GET", "/v1/status")
+    assert caught.value.status == 500
+    assert str(caught.value) == "internal error; see the node's log"
+
+
+@pytest.fixture
+async def not_json(home: Path) -> AsyncIterator[Path]:
+    """A home whose control.json leads to a server that answers in plain text."""
+
+    async def text(request: web.Request) -> web.Response:
+        status = int(request.query.get("status", "500"))
+        body = request.query.get("body", "Internal Server Error")
+        if body == "not-utf-8":  # and labelled JSON, which it is not
+            return web.Response(status=status, body=b"\xff\xfe{}",
+                                content_type="application/json")
+        return web.Response(status=status, text=body)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", text)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, HOST, 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    (home / CONTROL_FILE).write_text(json.dumps({"port": port, "token": "t", "pid": 1}))
+    try:
+        yield home
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(("status", "body"), [
+    (500, "500 Internal Server Error\n\nServer got itself in trouble"),
+    (200, "OK"),
+    (200, ""),
+    (502, "<html>Bad Gateway</html>"),
+    (200, "not-utf-8"),
+    (400, "not-utf-8"),
+])
+async def test_the_client_turns_a_non_json_answer_into_a_control_api_error(
+        not_json: Path, status: int, body: str) -> None:
+    async with ControlClient(not_json) as client:
+        with pytest.raises(ControlAPIError) as caught:
+            await client.call("GET", f"/v1/status?status={status}&body={quote(body)}")
+    assert caught.value.status == status
+    assert f"HTTP {status}" in str(caught.value) and "JSON" in str(caught.value)
+
+
+# ---------------------------------------------------- add: an address nearby
+
+def _seen_nearby(node: Node) -> list[dict[str, Any]]:
+    """What `Node.nearby` would say had LAN discovery seen ``node``."""
+    public = node.public
+    return [{"number": 1, "address": public.address, "name": "Seen", "hosts": [HOST],
+             "port": node.port, "fingerprint": public.fingerprint(), "standing": "stranger",
+             "addrs": [f"{HOST}:{node.port}"]}]
+
+
+async def test_add_by_full_address_uses_where_nearby_saw_them(
+        api: Api, node_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    other = await node_factory()
+    monkeypatch.setattr(api.node, "nearby", lambda: _seen_nearby(other))
+    status, body = await api.call("POST", "/v1/add", json={"address": other.public.address})
+    assert status == 200, body
+    assert body["status"] == "queued" and body["address"] == other.public.address
+    assert other.contacts is not None and other.db is not None
+    (request,) = await other.db.run(other.contacts.requests, "in")
+    assert PublicIdentity(request.identity) == api.node.public
+
+
+async def test_add_by_full_address_not_nearby_says_so(
+        api: Api, node_factory, monkeypatch: pytest.MonkeyPatch) -> None:
+    other, stranger = await node_factory(), await node_factory()
+    monkeypatch.setattr(api.node, "nearby", lambda: _seen_nearby(stranger))
+    status, body = await api.call("POST", "/v1/add", json={"address": other.public.address})
+    assert status == 400
+    assert "no known address" in assert_error(body, "ConnectError")
+    assert other.contacts is not None and other.db is not None
+    assert await other.db.run(other.contacts.requests, "in") == []

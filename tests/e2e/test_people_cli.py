@@ -14,6 +14,7 @@ import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from click.testing import CliRunner
@@ -31,7 +32,9 @@ from test_cli import (
 )
 
 from sidedoor.cards import card_from_text, card_to_text
+from sidedoor.cli.common import _api, _run
 from sidedoor.cli.main import cli
+from sidedoor.errors import ControlAPIError
 from sidedoor.identity import PublicIdentity, safety_words
 
 NAMES = ("Ann", "Bob", "Cleo")
@@ -193,3 +196,46 @@ def test_join_with_a_damaged_link(people: dict[str, Detached]) -> None:
     # Nothing reached Ann, and nothing was sent or stored.
     assert as_json(sd_in(ann.home, "requests", "--json"))["incoming"] == []
     assert as_json(sd_in(bob.home, "requests", "--json"))["outgoing"] == []
+
+
+# ------------------------------------------------------------------ verify
+
+def test_verify_shows_the_words_of_the_contact_the_node_resolves(
+        people: dict[str, Detached]) -> None:
+    """By fingerprint or the start of an address too: the node resolves those, so the
+    words must be shown for them before anything is marked verified."""
+    bob, cleo = people["Bob"], people["Cleo"]
+    ok(sd_in(cleo.home, "add", bob.address, "--addr", bob.addr))
+    (request,) = [r for r in as_json(sd_in(bob.home, "requests", "--json"))["incoming"]
+                  if r["address"] == cleo.address]
+    ok(sd_in(bob.home, "requests", "accept", str(request["id"])))
+    ok(sd_in(bob.home, "contact", "rename", cleo.address, "R&D / Cleo"))
+    fingerprint = PublicIdentity.from_address(cleo.address).fingerprint()
+    words = words_between(bob, cleo)
+
+    # The node's answer for one contact is the list's entry for it.
+    listed = contacts_of(bob)[cleo.address]
+    for who in (fingerprint, cleo.address[:10], "r&d / cleo", "R&D"):
+        one = _run(_api(bob.home, "GET", f"/v1/contacts/{quote(who, safe='')}"))
+        assert {**one, "online": None, "last_seen": None} == {
+            **listed, "online": None, "last_seen": None}, who
+    with pytest.raises(ControlAPIError, match="no contact matches 'nobody'") as caught:
+        _run(_api(bob.home, "GET", "/v1/contacts/nobody"))
+    assert caught.value.status == 400
+    failed(sd_in(bob.home, "contact", "verify", "nobody", "--yes"), "no contact matches")
+
+    # By fingerprint, answering no: the words were shown, nothing is verified.
+    result = CliRunner().invoke(cli, ["--home", str(bob.home), "contact", "verify", fingerprint],
+                                input="n\n", env={"SIDEDOOR_HOME": None})
+    assert result.exit_code == 1, result.output
+    shown = result.stdout
+    assert f"Safety words with R&D / Cleo: {words}" in shown
+    assert fingerprint in shown and cleo.address in shown and "Contact      R&D / Cleo" in shown
+    assert shown.index(words) < shown.index("Do they see the same words?")
+    assert contacts_of(bob)[cleo.address]["verified"] is False
+
+    # By the start of the address, with --yes: shown all the same, then verified.
+    text = ok(sd_in(bob.home, "contact", "verify", cleo.address[:10], "--yes")).stdout
+    assert f"Safety words with R&D / Cleo: {words}" in text and fingerprint in text
+    assert "R&D / Cleo is verified." in text
+    assert contacts_of(bob)[cleo.address]["verified"] is True

@@ -16,10 +16,10 @@ from rich.table import Table
 
 from sidedoor import __version__
 from sidedoor.cli import people
-from sidedoor.cli.common import Context, _api, _print_json, _run, err, out, pass_ctx
+from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
 from sidedoor.control.server import parse_host_port
 from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
-from sidedoor.errors import NodeAlreadyRunning, NodeNotRunning, SidedoorError
+from sidedoor.errors import NodeAlreadyRunning, NodeError, NodeNotRunning, SidedoorError
 from sidedoor.home import ensure_home, resolve_home
 from sidedoor.identity import load_or_create_identity
 from sidedoor.names import clean_name
@@ -36,7 +36,8 @@ class SidedoorGroup(click.Group):
         except SidedoorError as exc:
             if "--debug" in sys.argv:
                 raise
-            err.print(f"[bold red]error:[/] {exc}")
+            # The message may carry a peer's words (a reason, a name): shown as text, on one line.
+            err.print(f"[bold red]error:[/] {safe(exc)}")
             ctx.exit(1)
 
 
@@ -92,10 +93,10 @@ def id_command(ctx: Context, as_json: bool) -> None:
         _print_json(info)
         return
     if created:
-        out.print(f"[green]Created a new identity in {home}[/]")
-    out.print(f"[bold]Name[/]         {name}")
-    out.print(f"[bold]Address[/]      {identity.address}")
-    out.print(f"[bold]Fingerprint[/]  {info['fingerprint']}")
+        out.print(f"[green]Created a new identity in {safe(home)}[/]")
+    out.print(f"[bold]Name[/]         {safe(name)}")
+    out.print(f"[bold]Address[/]      {safe(identity.address)}")
+    out.print(f"[bold]Fingerprint[/]  {safe(info['fingerprint'])}")
     if name == DEFAULT_NAME:
         out.print('[dim]Set your name: sidedoor name "Your Name"[/]')
 
@@ -125,7 +126,7 @@ def name_command(ctx: Context, new_name: str) -> None:
             db.set_setting("name", new_name)
         finally:
             db.close()
-    out.print(f"Your name is now [bold]{new_name}[/]")
+    out.print(f"Your name is now [bold]{safe(new_name)}[/]")
 
 
 # ---------------------------------------------------------------- up / down
@@ -163,7 +164,7 @@ def up_command(ctx: Context, port: int | None, host: str, detach: bool,
         status = _run(_api(home, "GET", "/v1/status"))
         out.print(f"[green]Node started[/] in the background (pid {pid}).")
         _print_status(status)
-        out.print(f"[dim]Stop it with: sidedoor --home {home} down[/]")
+        out.print(f"[dim]Stop it with: sidedoor --home {safe(home)} down[/]")
         return
     setup_logging(home, debug=ctx.debug, to_stderr=ctx.debug)
 
@@ -176,10 +177,21 @@ def up_command(ctx: Context, port: int | None, host: str, detach: bool,
 
 
 def _running_pid(home: Path) -> int | None:
+    """The pid of the node running for ``home``, or None when none runs.
+
+    Only NodeNotRunning means "none runs". Any other failure (the API slow, or
+    answering with an error) is reported: starting anyway would remove the running
+    node's control.json and leave it unreachable.
+    """
     try:
         status = _run(_api(home, "GET", "/v1/status", timeout=5))
-    except (NodeNotRunning, SidedoorError):
+    except NodeNotRunning:
         return None
+    except SidedoorError as exc:
+        raise NodeError(
+            f"cannot tell whether the node for {home} is running ({exc}); not starting "
+            f"another. Try `sidedoor --home {home} status`, or see its log"
+        ) from exc
     return int(status["pid"])
 
 
@@ -202,19 +214,10 @@ def down_command(ctx: Context) -> None:
 # ------------------------------------------------------------------- status
 
 def _print_status(status: dict[str, Any]) -> None:
-    out.print(f"[bold]Name[/]        {status['name']}")
-    out.print(f"[bold]Address[/]     {status['address']}")
-    out.print(f"[bold]Fingerprint[/] {status['fingerprint']}")
-    out.print(f"[bold]Listening[/]   {', '.join(status['listening'])}")
-
-
-def _ago(seconds: float) -> str:
-    seconds = int(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m {seconds % 60}s"
-    return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    out.print(f"[bold]Name[/]        {safe(status['name'])}")
+    out.print(f"[bold]Address[/]     {safe(status['address'])}")
+    out.print(f"[bold]Fingerprint[/] {safe(status['fingerprint'])}")
+    out.print(f"[bold]Listening[/]   {safe(', '.join(status['listening']))}")
 
 
 @cli.command("status")
@@ -239,19 +242,20 @@ def status_command(ctx: Context, as_json: bool) -> None:
     if as_json:
         _print_json(status)
         return
-    out.print(f"[green]Running[/] (pid {status['pid']}, up {_ago(status['uptime'])})")
+    started = _ago(time.time() - status["uptime"])
+    out.print(f"[green]Running[/] (pid {safe(status['pid'])}, started {started})")
     _print_status(status)
     sessions = status["sessions"]
     if not sessions:
         out.print("[dim]No live sessions.[/]")
         return
     table = Table(title="Sessions", title_justify="left")
-    for column in ("Peer", "Fingerprint", "Direction", "Path", "Remote", "For"):
+    for column in ("Peer", "Fingerprint", "Direction", "Path", "Remote", "Since"):
         table.add_column(column)
-    now = time.time()
     for s in sessions:
-        table.add_row(s["address"][:14] + "…", s["fingerprint"], s["direction"], s["path"],
-                      s["remote_addr"], _ago(now - s["since"]))
+        table.add_row(*(safe(cell) for cell in (
+            s["address"][:14] + "…", s["fingerprint"], s["direction"], s["path"],
+            s["remote_addr"], _ago(s["since"]))))
     out.print(table)
 
 
@@ -293,8 +297,9 @@ def ping_command(ctx: Context, address: str, addr: str, count: int, timeout: flo
         return
     rtts = data["rtts_ms"]
     note = "reachable; not a contact" if not data["contact"] else "reachable"
-    out.print(f"[green]{note}[/]: {data['address'][:14]}… at {data['addr']} "
-              f"(path: {data['path']}, handshake {data['pattern']} {data['handshake_ms']:.1f} ms)")
+    out.print(f"[green]{note}[/]: {safe(data['address'][:14])}… at {safe(data['addr'])} "
+              f"(path: {safe(data['path'])}, handshake {safe(data['pattern'])} "
+              f"{data['handshake_ms']:.1f} ms)")
     for i, rtt in enumerate(rtts, 1):
         out.print(f"  round trip {i}: {rtt:.2f} ms")
     if len(rtts) > 1:

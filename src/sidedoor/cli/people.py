@@ -12,24 +12,11 @@ import click
 import segno
 from rich.table import Table
 
-from sidedoor.cli.common import Context, _api, _print_json, _run, out, pass_ctx
+from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, out, pass_ctx, safe
 from sidedoor.control.client import ControlClient
 from sidedoor.errors import ContactError
 from sidedoor.home import ensure_home
 from sidedoor.storage.db import Database
-
-
-def _ago(timestamp: float | None) -> str:
-    if not timestamp:
-        return "never"
-    seconds = int(time.time() - timestamp)
-    if seconds < 90:
-        return "just now"
-    if seconds < 5400:
-        return f"{seconds // 60} min ago"
-    if seconds < 172800:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} days ago"
 
 
 def _call(ctx: Context, method: str, path: str, body: dict[str, Any] | None = None,
@@ -67,8 +54,8 @@ def contacts_command(ctx: Context, as_json: bool) -> None:
     for column in ("Name", "Address", "Online", "Last seen", "Verified"):
         table.add_column(column)
     for c in data:
-        name = c["petname"] + (" [red](blocked)[/]" if c["blocked"] else "")
-        table.add_row(name, c["address"][:14] + "…", "yes" if c["online"] else "no",
+        name = safe(c["petname"]) + (" [red](blocked)[/]" if c["blocked"] else "")
+        table.add_row(name, safe(c["address"][:14]) + "…", "yes" if c["online"] else "no",
                       "now" if c["online"] else _ago(c["last_seen"]),
                       "yes" if c["verified"] else "no")
     out.print(table)
@@ -106,7 +93,7 @@ def contact_rename(ctx: Context, contact: str, new_name: str) -> None:
       sidedoor contact rename "Bob Builder" Bob
     """
     result = _contact_action(ctx, contact, "rename", {"petname": new_name})
-    out.print(f"Renamed to [bold]{result['petname']}[/]")
+    out.print(f"Renamed to [bold]{safe(result['petname'])}[/]")
 
 
 @contact_group.command("remove")
@@ -165,15 +152,21 @@ def contact_verify(ctx: Context, contact: str, yes: bool) -> None:
     Example:
       sidedoor contact verify Bob
     """
-    contacts = _call(ctx, "GET", "/v1/contacts")["contacts"]
-    found = [c for c in contacts if contact.lower() in (c["petname"].lower(), c["address"])]
-    words = found[0]["safety_words"] if len(found) == 1 else None
-    if words:
-        out.print(f"Safety words with {found[0]['petname']}: [bold]{words}[/]")
+    # The node resolves CONTACT (name, start of address, fingerprint) exactly as it will
+    # for the verify itself; the words shown are those of the contact that gets marked.
+    info = _call(ctx, "GET", f"/v1/contacts/{quote(contact, safe='')}")
+    name = safe(info["petname"])
+    card_name = info.get("name") or ""
+    aka = f" (on their card: {safe(card_name)})" if card_name not in ("", info["petname"]) else ""
+    out.print(f"[bold]Contact[/]      {name}{aka}")
+    out.print(f"[bold]Address[/]      {safe(info['address'])}")
+    out.print(f"[bold]Fingerprint[/]  {safe(info['fingerprint'])}")
+    out.print(f"Safety words with {name}: [bold]{safe(info['safety_words'])}[/]")
     if not yes and not click.confirm("Do they see the same words?", default=False):
         raise ContactError("not verified: the words must match on both screens")
-    result = _contact_action(ctx, contact, "verify")
-    out.print(f"[green]{result['petname']} is verified.[/]")
+    # By full address: the contact whose words were shown, whatever CONTACT could also mean.
+    result = _contact_action(ctx, info["address"], "verify")
+    out.print(f"[green]{safe(result['petname'])} is verified.[/]")
 
 
 # ------------------------------------------------------------------ requests
@@ -203,13 +196,14 @@ def requests_group(click_ctx: click.Context, as_json: bool) -> None:
     if not data["incoming"]:
         out.print("No contact requests are waiting.")
     for r in data["incoming"]:
-        out.print(f"[bold]#{r['id']}[/] {r['name'] or '(no name)'} ({r['address'][:14]}…), "
-                  f"{_ago(r['received_at'])}, via {r['via']}")
+        out.print(f"[bold]#{safe(r['id'])}[/] {safe(r['name'] or '(no name)')} "
+                  f"({safe(r['address'][:14])}…), {_ago(r['received_at'])}, via {safe(r['via'])}")
         if r["message"]:
-            out.print(f"    “{r['message']}”")
-        out.print(f"    safety words: [bold]{r['safety_words']}[/]")
+            out.print(f"    “{safe(r['message'])}”")
+        out.print(f"    safety words: [bold]{safe(r['safety_words'])}[/]")
     for r in data["outgoing"]:
-        out.print(f"[dim]sent to {r['name']} ({r['address'][:14]}…), waiting for them[/]")
+        out.print(f"[dim]sent to {safe(r['name'] or '(no name)')} ({safe(r['address'][:14])}…), "
+                  "waiting for them[/]")
 
 
 @requests_group.command("accept")
@@ -223,7 +217,7 @@ def requests_accept(ctx: Context, request_id: int) -> None:
       sidedoor requests accept 3
     """
     data = _call(ctx, "POST", f"/v1/requests/{request_id}/accept", {})
-    name = data["contact"]["petname"]
+    name = safe(data["contact"]["petname"])
     out.print(f"[green]{name} is now a contact.[/]")
     if not data["told"]:
         out.print(f"[dim]{name} could not be reached just now; they will see it when they "
@@ -272,12 +266,11 @@ def add_command(ctx: Context, who: str, addrs: tuple[str, ...], message: str,
     if as_json:
         _print_json(data)
         return
-    name = data["name"] or "they"
+    name = safe(data["name"]) if data["name"] else ""
     if data["status"] == "accepted":
-        out.print(f"[green]{name} and you are now contacts.[/]")
+        out.print(f"[green]{name or 'They'} and you are now contacts.[/]")
     else:
-        out.print(f"Request sent. {name.capitalize() if name == 'they' else name} will see it "
-                  "in `sidedoor requests`.")
+        out.print(f"Request sent. {name or 'They'} will see it in `sidedoor requests`.")
 
 
 # -------------------------------------------------------------- invite, join
@@ -313,9 +306,10 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None, wa
         if as_json:
             _print_json(data)
             return
-        out.print(f"Your invite code: [bold]{data['code']}[/]")
+        code = safe(data["code"])
+        out.print(f"Your invite code: [bold]{code}[/]")
         out.print("Read it to your colleague; on their computer they run:")
-        out.print(f"  sidedoor join {data['code']}")
+        out.print(f"  sidedoor join {code}")
         out.print("[dim]It works once, for 10 minutes, on this network.[/]")
         if wait:
             nameplate = int(data["code"].split("-")[0])
@@ -331,7 +325,8 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None, wa
             if outcome["type"] == "invite.failed":
                 raise ContactError("someone tried the code and it did not match, so it is "
                                    "burned; check with your colleague and make a new one")
-            out.print(f"[green]{outcome['name']} joined: you are now contacts.[/]")
+            out.print(f"[green]{safe(outcome.get('name') or 'Your colleague')} joined: "
+                      "you are now contacts.[/]")
         return
     data = _call(ctx, "POST", "/v1/links", {})
     link = data["link"]
@@ -341,11 +336,11 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None, wa
         _print_json({"link": link, "png": str(png) if png else None})
         return
     out.print("Send this link to your colleague; it works once, for 7 days:")
-    out.print(link, overflow="fold")
+    out.print(safe(link), overflow="fold")
     if qr:
         segno.make(link, error="m").terminal(compact=True)
     if png is not None:
-        out.print(f"QR code saved to {png}")
+        out.print(f"QR code saved to {safe(png)}")
     out.print("[dim]They run: sidedoor join '<link>'[/]")
 
 
@@ -395,7 +390,7 @@ def nearby_command(ctx: Context, as_json: bool) -> None:
     for column in ("#", "Name", "Fingerprint", "Contact"):
         table.add_column(column)
     for p in data["nearby"]:
-        table.add_row(str(p["number"]), p["name"], p["fingerprint"],
+        table.add_row(safe(p["number"]), safe(p["name"]), safe(p["fingerprint"]),
                       {"contact": "yes", "blocked": "blocked"}.get(p["standing"], "no"))
     out.print(table)
 
@@ -437,7 +432,8 @@ def config_set(ctx: Context, key: str, value: str) -> None:
         db.set_setting(key, value)
     finally:
         db.close()
-    out.print(f"{key} = {value} (restart the node for it to apply: sidedoor down; sidedoor up)")
+    out.print(f"{key} = {safe(value)} (restart the node for it to apply: "
+              "sidedoor down; sidedoor up)")
 
 
 @config_group.command("get")
@@ -477,6 +473,6 @@ def join_command(ctx: Context, code_or_link: str, wait: float, as_json: bool) ->
         _print_json(data)
         return
     if data["status"] == "accepted":
-        out.print(f"[green]{data['name'] or 'They'} and you are now contacts.[/]")
+        out.print(f"[green]{safe(data['name'] or 'They')} and you are now contacts.[/]")
     else:
         out.print("Request sent; your colleague will see it in `sidedoor requests`.")

@@ -49,11 +49,8 @@ class ControlClient:
             async with self._session.request(
                 method, self.base + path, json=body, timeout=aiohttp.ClientTimeout(total=timeout)
             ) as resp:
-                data = await resp.json(content_type=None)
-                if resp.status >= 400:
-                    err = data.get("error", {}) if isinstance(data, dict) else {}
-                    raise ControlAPIError(err.get("message", f"HTTP {resp.status}"), resp.status)
-                return data
+                raw = await resp.read()
+                status = resp.status
         except aiohttp.ClientConnectionError as exc:
             raise NodeNotRunning(
                 f"the node for {self.home} is not answering (it may have stopped); "
@@ -61,6 +58,22 @@ class ControlClient:
             ) from exc
         except TimeoutError:
             raise ControlAPIError(f"the node did not answer within {timeout:g} s") from None
+        except aiohttp.ClientError as exc:
+            raise ControlAPIError(f"the node's answer could not be read: {exc}") from exc
+        try:
+            data = json.loads(raw)
+        except ValueError:  # not JSON, or not UTF-8: not an answer of our API
+            hint = "; see its log" if status >= 500 else ""
+            raise ControlAPIError(
+                f"the node answered HTTP {status} without JSON{hint}", status
+            ) from None
+        if status >= 400:
+            error = data.get("error") if isinstance(data, dict) else None
+            message = error.get("message") if isinstance(error, dict) else None
+            if not isinstance(message, str) or not message:
+                message = f"the node answered HTTP {status}"
+            raise ControlAPIError(message, status)
+        return data
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         """Yield events from the node's event stream until it ends."""
@@ -70,8 +83,13 @@ class ControlClient:
                 if resp.status != 200:
                     raise ControlAPIError(f"event stream refused: HTTP {resp.status}", resp.status)
                 async for raw in resp.content:
-                    line = raw.decode().rstrip("\n")
+                    line = raw.decode(errors="replace").rstrip("\n")
                     if line.startswith("data: "):
-                        yield json.loads(line[6:])
+                        try:
+                            event = json.loads(line[6:])
+                        except ValueError:
+                            raise ControlAPIError("the event stream sent something that is "
+                                                  "not JSON") from None
+                        yield event
         except aiohttp.ClientConnectionError as exc:
             raise NodeNotRunning(f"the node for {self.home} is not answering") from exc

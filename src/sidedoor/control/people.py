@@ -1,10 +1,13 @@
 """Control API routes for people: contacts, requests, links and invites.
 
     GET  /v1/contacts                       the contact list
+    GET  /v1/contacts/{who}                 one contact, by name, address (or its start)
+                                            or fingerprint: as in the list
     POST /v1/contacts/{who}/{action}        rename {petname} | remove | block | unblock | verify
     GET  /v1/requests                       incoming and outgoing contact requests
     POST /v1/requests/{id}/accept|decline
     POST /v1/add                            {address, addrs: [host:port], message}: send a request
+                                            (no addrs: where `nearby` saw them, if it did)
     POST /v1/links                          a one-time sidedoor:// link (and its QR as SVG)
     POST /v1/invites                        a one-time invite code for a colleague nearby
     POST /v1/join                           {text}: an invite code or a link
@@ -28,6 +31,7 @@ from sidedoor.services.contacts import Contact
 def add_routes(app: web.Application, node: Node, read_json: Any) -> None:
     routes = PeopleRoutes(node, read_json)
     app.router.add_get("/v1/contacts", routes.contacts)
+    app.router.add_get("/v1/contacts/{who}", routes.contact)
     app.router.add_post("/v1/contacts/{who}/{action}", routes.contact_action)
     app.router.add_get("/v1/requests", routes.requests)
     app.router.add_post("/v1/requests/{id}/{action}", routes.request_action)
@@ -65,6 +69,11 @@ class PeopleRoutes:
         assert book is not None and self.node.db is not None
         contacts = await self.node.db.run(book.all)
         return web.json_response({"contacts": [self._describe(c) for c in contacts]})
+
+    async def contact(self, request: web.Request) -> web.Response:
+        """One contact, resolved here as the actions resolve it (the CLI must not guess)."""
+        contact = await self._resolve(request.match_info["who"])
+        return web.json_response(self._describe(contact))
 
     async def contact_action(self, request: web.Request) -> web.Response:
         node = self.node
@@ -147,10 +156,15 @@ class PeopleRoutes:
         message = body.get("message", "")
         if isinstance(address, str) and not addrs:
             try:
-                PublicIdentity.from_address(address)
+                wanted = PublicIdentity.from_address(address)
             except SidedoorError:
                 peer = self._find_nearby(address)
                 address, addrs = peer["address"], peer["addrs"]
+            else:
+                # A full address and no --addr: where the LAN saw them, if it did. If not,
+                # no addrs, and the node says it does not know where they are.
+                seen = [p for p in self.node.nearby() if p["address"] == wanted.address]
+                addrs = list(seen[0]["addrs"]) if seen else []
         if not isinstance(address, str):
             raise ContactError("give the address of the person to add")
         if not isinstance(addrs, list) or not all(isinstance(a, str) for a in addrs):

@@ -6,7 +6,10 @@ Who may call it: whoever can read ``control.json`` in the node's home (mode
 address and our port; the Host check defeats DNS rebinding (a web page whose
 name resolves to 127.0.0.1 still sends its own name as Host).
 
-Errors are JSON: ``{"error": {"type": "ConnectError", "message": "..."}}``.
+Errors are JSON: ``{"error": {"type": "ConnectError", "message": "..."}}``, whatever
+went wrong: 400 for a request that cannot be done, 502 when the other node broke the
+protocol or closed the channel, 504 when it did not answer in time, 500 (and a
+traceback in the node's log) for anything unexpected.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from aiohttp import web
 from sidedoor.control import people
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
 from sidedoor.home import CONTROL_FILE
+from sidedoor.net.connection import ChannelClosedError
 from sidedoor.node import Node
 
 log = logging.getLogger(__name__)
@@ -115,9 +119,18 @@ class ControlServer:
             raise
         except InvalidAddress as exc:
             return _error(400, type(exc).__name__, str(exc))
-        except (RemoteProtocolError, SidedoorError) as exc:
-            return _error(502 if isinstance(exc, RemoteProtocolError) else 400,
-                          type(exc).__name__, str(exc))
+        except (RemoteProtocolError, ChannelClosedError) as exc:
+            # The other node broke the rules or hung up: a bad gateway, not a bad request.
+            return _error(502, type(exc).__name__, str(exc))
+        except SidedoorError as exc:
+            return _error(400, type(exc).__name__, str(exc))
+        except TimeoutError:
+            log.info("control API: %s %s timed out", request.method, request.path)
+            return _error(504, "Timeout", "the other node did not answer in time")
+        except Exception:
+            # A bug: JSON for the CLI, the traceback for whoever reads the log.
+            log.exception("control API: %s %s failed", request.method, request.path)
+            return _error(500, "InternalError", "internal error; see the node's log")
 
     # ----------------------------------------------------------- routes
     async def _json_body(self, request: web.Request) -> dict[str, Any]:

@@ -7,12 +7,13 @@ transmit -> re-arm the timer``. Every protocol decision is the session's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from sidedoor.errors import (
@@ -53,6 +54,16 @@ ChannelHandler = Callable[["Connection", "ChannelStream"], str | None]
 MESSAGE_HEADER = struct.Struct(">I")
 
 
+@contextlib.asynccontextmanager
+async def _peer_deadline(timeout: float) -> AsyncIterator[None]:
+    """A bound on waiting for the peer: `PeerTimeout` instead of waiting forever."""
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise PeerTimeout(f"the other node did not answer within {timeout:g} s") from None
+
+
 class ChannelClosedError(SidedoorError):
     """The channel was closed or reset before the operation finished."""
 
@@ -69,6 +80,10 @@ class ChannelStream:
         self._buffered = 0
         self._eof = False
         self._closed_reason: str | None = None
+        self._reset_reason: str | None = None  # closed before the peer ended it cleanly
+        # How much the peer may send before we read; None: the session's default.
+        # Set it before accepting (in the channel handler) to accept with less.
+        self.receive_window: int | None = None
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -85,6 +100,8 @@ class ChannelStream:
 
     def _closed(self, reason: str) -> None:
         self._closed_reason = reason
+        if not self._eof:
+            self._reset_reason = reason
         self._eof = True
         self._readable.set()
         self._writable.set()
@@ -103,6 +120,8 @@ class ChannelStream:
         a copy, or hand it to anything that takes a buffer (files, msgspec, hashes).
         """
         while not self._chunks:
+            if self._reset_reason is not None:
+                raise ChannelClosedError(f"the channel was closed: {self._reset_reason}")
             if self._eof:
                 return memoryview(b"")
             self._readable.clear()
@@ -143,19 +162,21 @@ class ChannelStream:
         """One length-prefixed message (for channels that carry messages, not a byte stream)."""
         await self.write(MESSAGE_HEADER.pack(len(data)) + data)
 
-    async def read_message(self, limit: int) -> bytes | None:
+    async def read_message(self, limit: int, timeout: float = 30.0) -> bytes | None:
         """The next length-prefixed message; None at the end of the stream.
 
-        A message announced longer than ``limit`` resets the channel and raises.
+        A message announced longer than ``limit`` resets the channel and raises; a peer
+        that sends nothing for ``timeout`` seconds raises `PeerTimeout`.
         """
-        header = await self.read_exactly_or_eof(MESSAGE_HEADER.size)
-        if header is None:
-            return None
-        (size,) = MESSAGE_HEADER.unpack(header)
-        if size > limit:
-            self.reset("message too large")
-            raise MessageError(f"the peer sent a {size}-byte message; the limit is {limit}")
-        return await self.read_exactly(size)
+        async with _peer_deadline(timeout):
+            header = await self.read_exactly_or_eof(MESSAGE_HEADER.size)
+            if header is None:
+                return None
+            (size,) = MESSAGE_HEADER.unpack(header)
+            if size > limit:
+                self.reset("message too large")
+                raise MessageError(f"the peer sent a {size}-byte message; the limit is {limit}")
+            return await self.read_exactly(size)
 
     async def read_exactly_or_eof(self, n: int) -> bytes | None:
         first = await self.read(n)
@@ -165,16 +186,17 @@ class ChannelStream:
             return bytes(first)
         return bytes(first) + await self.read_exactly(n - len(first))
 
-    async def read_all(self, limit: int) -> bytes:
-        """Everything until the peer ends the channel, at most ``limit`` bytes."""
+    async def read_all(self, limit: int, timeout: float = 30.0) -> bytes:
+        """Everything until the peer ends the channel: at most ``limit`` bytes, ``timeout`` s."""
         parts: list[memoryview] = []
         total = 0
-        while chunk := await self.read():
-            total += len(chunk)
-            if total > limit:
-                self.reset("too much data")
-                raise MessageError(f"the peer sent more than {limit} bytes on a channel")
-            parts.append(chunk)
+        async with _peer_deadline(timeout):
+            while chunk := await self.read():
+                total += len(chunk)
+                if total > limit:
+                    self.reset("too much data")
+                    raise MessageError(f"the peer sent more than {limit} bytes on a channel")
+                parts.append(chunk)
         return b"".join(parts)
 
     def end(self) -> None:
@@ -198,11 +220,13 @@ class Connection(asyncio.BufferedProtocol):
         self,
         session: Session,
         *,
+        on_made: Callable[[Connection], bool] | None = None,
         on_handshake: Callable[[Connection], None] | None = None,
         on_channel: ChannelHandler | None = None,
         on_closed: Callable[[Connection], None] | None = None,
     ) -> None:
         self.session = session
+        self.on_made = on_made
         self.on_handshake = on_handshake
         self.loop = asyncio.get_running_loop()
         self.on_channel = on_channel
@@ -212,7 +236,6 @@ class Connection(asyncio.BufferedProtocol):
         self.sockname: tuple[Any, ...] | None = None
         self.handshake: asyncio.Future[HandshakeComplete] = self.loop.create_future()
         self.closed: asyncio.Future[SessionClosed] = self.loop.create_future()
-        self.opened_at = 0.0
         self._paused = False
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
@@ -230,7 +253,9 @@ class Connection(asyncio.BufferedProtocol):
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
-        self.opened_at = self.loop.time()
+        if self.on_made is not None and not self.on_made(self):
+            transport.abort()
+            return
         self.session.start(self.loop.time())
         self._pump()
 
@@ -321,6 +346,8 @@ class Connection(asyncio.BufferedProtocol):
                     if not self.handshake.done():
                         self.handshake.set_result(event)
                 case ChannelRequested(channel=cid, kind=kind, meta=meta):
+                    if session.state is State.CLOSED:
+                        continue  # refused at the handshake; its channels go with it
                     stream = ChannelStream(self, cid, kind, meta)
                     refusal = (self.on_channel(self, stream) if self.on_channel is not None
                                else "this node does not accept channels")
@@ -328,7 +355,7 @@ class Connection(asyncio.BufferedProtocol):
                         session.reject_channel(cid, refusal)
                         continue
                     self._streams[cid] = stream
-                    session.accept_channel(cid)
+                    session.accept_channel(cid, stream.receive_window)
                 case ChannelAccepted(channel=cid):
                     fut = self._opening.pop(cid, None)
                     if fut is not None and not fut.done():

@@ -44,9 +44,20 @@ class FrameDecoder:
 
     def __init__(self, max_frame_len: int = MAX_FRAME_LEN, buffer_size: int = 1 << 20) -> None:
         self.max_frame_len = max_frame_len
-        self._buf = bytearray(max(buffer_size, MAX_FRAME_LEN + HEADER_LEN))
+        self._buf = bytearray(max(buffer_size, max_frame_len + HEADER_LEN))
         self._start = 0
         self._end = 0
+
+    def grow(self, max_frame_len: int, buffer_size: int) -> None:
+        """Raise the frame limit and the buffer with it (a session that just opened).
+
+        Until then a connection that has not authenticated holds only a small buffer.
+        """
+        pending = self._buf[self._start : self._end]
+        self._buf = bytearray(max(buffer_size, max_frame_len + HEADER_LEN))
+        self._buf[: len(pending)] = pending
+        self._start, self._end = 0, len(pending)
+        self.max_frame_len = max_frame_len
 
     @property
     def buffered(self) -> int:

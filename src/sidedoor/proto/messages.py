@@ -116,6 +116,7 @@ class CloseCode:
     TIMEOUT: Final = 2
     SHUTTING_DOWN: Final = 3
     NOT_ALLOWED: Final = 4
+    BUSY: Final = 5
 
 
 _encoder = msgspec.msgpack.Encoder()

@@ -45,6 +45,7 @@ from sidedoor.errors import (
     RemoteProtocolError,
     VersionMismatch,
 )
+from sidedoor.names import clean_name
 from sidedoor.proto import messages as m
 from sidedoor.proto.framing import MAX_FRAME_LEN, FrameDecoder, frame_header
 from sidedoor.proto.noise import TAG_LEN, CipherState, HandshakeState, Pattern
@@ -70,6 +71,7 @@ _CODE_PATTERNS = {v: k for k, v in _PATTERN_CODES.items()}
 MAX_PLAINTEXT = MAX_FRAME_LEN - 16
 MAX_DATA_CHUNK = MAX_PLAINTEXT - m.DATA_HEADER.size
 HANDSHAKE_FRAME_LIMIT = 1024
+RECEIVE_BUFFER = 1 << 20  # once open: reads of up to 1 MiB go straight into it
 MAX_PENDING_PINGS = 16
 MAX_CONTROL_BACKLOG = 1 << 20
 MAX_RESET_MEMORY = 1024
@@ -166,7 +168,7 @@ class Session:
         self._preamble_buf = bytearray()
         self._scratch = bytearray(4096)
         self._scratch_used = False
-        self._frames = FrameDecoder(HANDSHAKE_FRAME_LIMIT)
+        self._frames = FrameDecoder(HANDSHAKE_FRAME_LIMIT, buffer_size=0)
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._control: deque[bytes] = deque()
@@ -349,7 +351,7 @@ class Session:
         self.handshake_hash = hs.handshake_hash
         self._hs = None
         self.state = State.OPEN
-        self._frames.max_frame_len = MAX_FRAME_LEN
+        self._frames.grow(MAX_FRAME_LEN, RECEIVE_BUFFER)
         self._deadline = None
         self._last_received = now
         self._events.append(
@@ -401,7 +403,8 @@ class Session:
                 if sent is not None:
                     self._events.append(PongReceived(token, now - sent))
             case m.Close(code=code, reason=reason):
-                self._terminate(code, reason[: m.MAX_REASON_LEN], by_peer=True, error=None)
+                reason = clean_name(reason, m.MAX_REASON_LEN)
+                self._terminate(code, reason, by_peer=True, error=None)
             case m.ChannelOpen(channel=cid, kind=kind, window=window, meta=meta):
                 self._receive_channel_open(cid, kind, window, meta)
             case m.ChannelAccept(channel=cid, window=window):
@@ -422,7 +425,7 @@ class Session:
                 if ch is None or ch.state is not _ChannelState.OPENING:
                     raise MessageError(f"the peer rejected channel {cid}, which we did not offer")
                 del self._channels[cid]
-                self._events.append(ChannelRejected(cid, reason[: m.MAX_REASON_LEN]))
+                self._events.append(ChannelRejected(cid, clean_name(reason, m.MAX_REASON_LEN)))
             case m.ChannelEnd(channel=cid):
                 if cid not in self._channels and cid in self._reset_ids:
                     return
@@ -435,7 +438,7 @@ class Session:
             case m.ChannelReset(channel=cid, reason=reason):
                 self._reset_ids.pop(cid, None)  # the peer sends nothing more on it
                 if self._channels.pop(cid, None) is not None:
-                    self._events.append(ChannelClosed(cid, reason[: m.MAX_REASON_LEN]))
+                    self._events.append(ChannelClosed(cid, clean_name(reason, m.MAX_REASON_LEN)))
             case m.WindowUpdate(channel=cid, increment=increment):
                 ch = self._channels.get(cid)
                 if ch is None:
@@ -484,17 +487,22 @@ class Session:
         self._queue_control(m.ChannelOpen(cid, kind, window, meta))
         return cid
 
-    def accept_channel(self, cid: int) -> None:
+    def accept_channel(self, cid: int, window: int | None = None) -> None:
+        """Accept a channel the peer asked for; ``window`` caps what it may send unread."""
+        if self.state is State.CLOSED:
+            return
         ch = self._channels.get(cid)
         if ch is None or ch.state is not _ChannelState.REQUESTED:
             raise LocalProtocolError(f"channel {cid} is not waiting to be accepted")
-        window = self.config.channel_window
+        window = self.config.channel_window if window is None else window
         ch.state = _ChannelState.OPEN
         ch.recv_remaining = ch.recv_window = window
         self._queue_control(m.ChannelAccept(cid, window))
         self._schedule(ch)
 
     def reject_channel(self, cid: int, reason: str) -> None:
+        if self.state is State.CLOSED:
+            return
         ch = self._channels.get(cid)
         if ch is None or ch.state is not _ChannelState.REQUESTED:
             raise LocalProtocolError(f"channel {cid} is not waiting to be accepted")

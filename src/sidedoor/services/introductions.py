@@ -186,7 +186,7 @@ class Introductions:
         meta = wire.encode(wire.RequestMeta(node.my_card(), message[: wire.MAX_MESSAGE_LEN],
                                             token))
         stream = await conn.open_channel(wire.KIND_REQUEST, meta)
-        reply = wire.decode(wire.Reply, await stream.read_all(wire.MAX_REPLY_LEN))
+        reply = wire.decode(wire.Reply, await stream.read_all(wire.MAX_REPLY_LEN, REPLY_TIMEOUT))
         name = ""
         if reply.card:
             card = open_card(reply.card)
@@ -202,6 +202,8 @@ class Introductions:
             raise NotAllowed(f"they refused the request: {reply.reason or 'no reason given'}")
         else:
             raise NotAllowed(f"an answer this version does not understand: {reply.status!r}")
+        if node.standing(target.key) != "contact":
+            conn.close("request delivered")  # no business with a stranger beyond this
         return reply.status, name
 
     async def accept(self, request_id: int) -> tuple[Contact, bool]:
@@ -221,7 +223,8 @@ class Introductions:
             conn = await node.connect_any(contact.public, [*request.card.addrs], timeout=5)
             stream = await conn.open_channel(
                 wire.KIND_ACCEPT, wire.encode(wire.AcceptMeta(node.my_card())))
-            reply = wire.decode(wire.Reply, await stream.read_all(wire.MAX_REPLY_LEN))
+            data = await stream.read_all(wire.MAX_REPLY_LEN, REPLY_TIMEOUT)
+            reply = wire.decode(wire.Reply, data)
             told = reply.status == "accepted"
         except Exception as exc:
             log.info("could not tell %s that we accepted: %s", contact.public.address, exc)

@@ -100,11 +100,13 @@ class Invites:
             stream.reset("no such invite: it expired or was already used")
             return
         await self._advertise()  # one guess: the nameplate is gone whatever happens next
-        machine = self._machine(InviteRole.INVITER, invite.code, remote, stream)
         try:
+            machine = self._machine(InviteRole.INVITER, invite.code, remote, stream)
             contact = await self._run(machine, remote, stream)
-        except InviteFailed as exc:
-            self.node.events.emit("invite.failed", nameplate=nameplate, reason=str(exc))
+        except BaseException as exc:
+            # Whatever went wrong, the code is spent: the inviter must hear of it.
+            self.node.events.emit("invite.failed", nameplate=nameplate,
+                                  reason=str(exc) or type(exc).__name__)
             raise
         self.node.events.emit("invite.accepted", nameplate=nameplate,
                               address=contact.public.address, name=contact.petname)
@@ -122,8 +124,7 @@ class Invites:
                    stream: ChannelStream) -> Contact:
         await stream.write_message(machine.start())
         while not machine.done:
-            message = await asyncio.wait_for(stream.read_message(MAX_INVITE_MESSAGE),
-                                             STEP_TIMEOUT)
+            message = await stream.read_message(MAX_INVITE_MESSAGE, STEP_TIMEOUT)
             if message is None:
                 raise InviteFailed(
                     "your colleague's node hung up during the invite: the code may have been "
