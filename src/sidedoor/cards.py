@@ -86,6 +86,16 @@ def open_card(data: bytes | memoryview) -> ContactCard:
     return card
 
 
+def read_stored_card(data: bytes) -> ContactCard:
+    """A card we checked when it arrived and stored: decoded without the checks again,
+    so that a rule tightened in a later version cannot lock a user out of their contacts.
+    """
+    try:
+        return _card_decoder.decode(_signed_decoder.decode(data).card)
+    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
+        raise InvalidCard(f"a stored contact card is damaged: {exc}") from exc
+
+
 def card_to_text(data: bytes) -> str:
     """Unpadded URL-safe base64, for links."""
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")

@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 DEFAULT_NAME = "sidedoor user"
 EVENT_QUEUE_LIMIT = 1000
 MAX_STRANGER_SESSIONS = 32
+ADDRESS_CACHE_SECONDS = 30.0
 MAX_STRANGERS_PER_HOST = 4
 MAX_STRANGER_CHANNELS = 4
 STRANGER_WINDOW = 64 << 10
@@ -182,6 +183,7 @@ class Node:
         self._pending: set[Connection] = set()
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._addresses: tuple[float, list[str]] | None = None
         self.contacts: ContactBook | None = None
         self.name = DEFAULT_NAME
         self._standing: dict[bytes, Standing] = {}
@@ -375,14 +377,29 @@ class Node:
         return name
 
     def listen_addresses(self) -> list[str]:
+        """Where peers can reach this node: LAN addresses first, loopback last.
+
+        Cached for a while: interfaces change rarely, and cards are made often.
+        """
+        now = time.monotonic()
+        if self._addresses is not None and now - self._addresses[0] < ADDRESS_CACHE_SECONDS:
+            return list(self._addresses[1])
         if self.host not in ("0.0.0.0", "::", ""):
-            return [f"{self.host}:{self.port}"]
-        found = []
-        for adapter in ifaddr.get_adapters():
-            for ip in adapter.ips:
-                if ip.is_IPv4:
-                    found.append(f"{ip.ip}:{self.port}")
-        return found or [f"127.0.0.1:{self.port}"]
+            found = [f"{self.host}:{self.port}"]
+        else:
+            lan: list[str] = []
+            loopback: list[str] = []
+            for adapter in ifaddr.get_adapters():
+                for ip in adapter.ips:
+                    if not ip.is_IPv4 or not isinstance(ip.ip, str):
+                        continue
+                    parsed = ipaddress.ip_address(ip.ip)
+                    if parsed.is_link_local:
+                        continue
+                    (loopback if parsed.is_loopback else lan).append(f"{ip.ip}:{self.port}")
+            found = lan + loopback or [f"127.0.0.1:{self.port}"]
+        self._addresses = (now, found)
+        return list(found)
 
     def status(self) -> dict[str, Any]:
         assert self.identity is not None
@@ -452,9 +469,12 @@ class Node:
                            contact=standing == "contact")
         self.sessions[conn] = info
         assert self.db is not None and conn.session.remote_static is not None
-        dial_addr = addr if direction == "out" else None
-        self._spawn(self.db.run(self.db.remember_peer, remote.key, conn.session.remote_static,
-                                dial_addr, time.time()))
+        if direction == "out" or info.contact:
+            # Remembered for the faster IK handshake next time; not for every stranger
+            # who knocks, or the table would grow without bound.
+            dial_addr = addr if direction == "out" else None
+            self._spawn(self.db.run(self.db.remember_peer, remote.key,
+                                    conn.session.remote_static, dial_addr, time.time()))
         if info.contact:
             assert self.contacts is not None
             self._spawn(self.db.run(self.contacts.touch, remote.key, time.time()))

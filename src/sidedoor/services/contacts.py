@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sidedoor.cards import ContactCard, open_card
+from sidedoor.cards import ContactCard, open_card, read_stored_card
 from sidedoor.errors import ContactError, InvalidAddress
 from sidedoor.identity import PublicIdentity, decode_address, safety_words
 from sidedoor.storage.db import Database
@@ -82,14 +82,14 @@ class ContactRequest:
 
 def _contact(row: sqlite3.Row | tuple[Any, ...]) -> Contact:
     identity, petname, card, source, added_at, verified, blocked, last_seen = row
-    return Contact(bytes(identity), petname, open_card(card), bytes(card), source, added_at,
+    return Contact(bytes(identity), petname, read_stored_card(card), bytes(card), source, added_at,
                    bool(verified), bool(blocked), last_seen)
 
 
 def _request(row: sqlite3.Row | tuple[Any, ...]) -> ContactRequest:
     rid, identity, direction, card, message, via, received_at = row
-    return ContactRequest(rid, bytes(identity), direction, open_card(card), bytes(card), message,
-                          via, received_at)
+    return ContactRequest(rid, bytes(identity), direction, read_stored_card(card), bytes(card),
+                          message, via, received_at)
 
 
 _CONTACT_COLUMNS = "identity, petname, card, source, added_at, verified, blocked, last_seen"

@@ -79,8 +79,14 @@ class Invites:
         self._expire(now)
         if len(self.pending) >= MAX_OPEN_INVITES:
             raise ContactError("too many open invites; wait for some to be used or expire")
+        # A number nobody nearby is advertising: a joiner must find exactly one inviter.
+        taken = set(self.pending) | {
+            n for peer in self.node.discovery.nearby.values() for n in nameplates_of(peer)
+        }
         code = make_code(os.urandom(4))
-        while code.nameplate in self.pending:
+        for _ in range(1000):
+            if code.nameplate not in taken:
+                break
             code = make_code(os.urandom(4))
         invite = PendingInvite(code, now + INVITE_TTL)
         self.pending[code.nameplate] = invite
@@ -166,9 +172,15 @@ class Invites:
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            for peer in list(discovery.nearby.values()):
-                if nameplate in nameplates_of(peer):
-                    return peer
+            found = [p for p in discovery.nearby.values() if nameplate in nameplates_of(p)]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                names = ", ".join(sorted(p.name or p.address[:10] for p in found))
+                raise ContactError(
+                    f"several colleagues nearby have an invite number {nameplate} open "
+                    f"({names}); ask yours for a new code"
+                )
             await asyncio.sleep(0.2)
         raise ContactError(
             f"no colleague nearby has an open invite number {nameplate}: check the code, and "
