@@ -51,13 +51,13 @@ def contacts_command(ctx: Context, as_json: bool) -> None:
         out.print("No contacts yet. Invite a colleague: [bold]sidedoor invite[/]")
         return
     table = Table()
-    for column in ("Name", "Address", "Online", "Last seen", "Verified"):
+    for column in ("Name", "Address", "Online", "Last seen", "Verified", "Path"):
         table.add_column(column)
     for c in data:
         name = safe(c["petname"]) + (" [red](blocked)[/]" if c["blocked"] else "")
         table.add_row(name, safe(c["address"][:14]) + "…", "yes" if c["online"] else "no",
                       "now" if c["online"] else _ago(c["last_seen"]),
-                      "yes" if c["verified"] else "no")
+                      "yes" if c["verified"] else "no", safe(c.get("path") or "-"))
     out.print(table)
 
 

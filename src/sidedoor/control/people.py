@@ -55,7 +55,10 @@ class PeopleRoutes:
 
     def _describe(self, contact: Contact) -> dict[str, Any]:
         info = contact.as_dict(self.node.public)
-        info["online"] = self.node.session_with(contact.identity) is not None
+        conn = self.node.session_with(contact.identity)
+        session = self.node.sessions.get(conn) if conn is not None else None
+        info["online"] = session is not None
+        info["path"] = session.path if session is not None else None
         return info
 
     async def _resolve(self, who: str) -> Contact:
