@@ -17,6 +17,7 @@ from rich.table import Table
 from sidedoor import __version__
 from sidedoor.cli import people
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
+from sidedoor.cli.demo import demo_command
 from sidedoor.control.server import parse_host_port
 from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
 from sidedoor.errors import NodeAlreadyRunning, NodeError, NodeNotRunning, SidedoorError
@@ -314,6 +315,7 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 
 
 people.register(cli)
+cli.add_command(demo_command)
 
 
 def main() -> None:
