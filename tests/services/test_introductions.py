@@ -536,3 +536,18 @@ async def test_message_is_cleaned_and_cut(node_factory) -> None:
     ((_, stored),) = await incoming(a)
     assert stored.startswith("hi[2J there x") and "\x1b" not in stored
     assert len(stored) == wire.MAX_MESSAGE_LEN  # cut at the message limit, not the name's
+
+
+async def test_blocking_a_request_refuses_its_sender(node_factory) -> None:
+    a = await named(node_factory, "Ann")
+    b = await named(node_factory, "Bob")
+    status, _ = await b.introductions.send_request(a.public, [f"127.0.0.1:{a.port}"])
+    assert status == "queued"
+    [(request_id, _)] = [(r.id, r) for r in a.contacts.requests("in")]  # type: ignore[union-attr]
+    await a.introductions.decline(request_id, block=True)
+    assert await incoming(a) == []
+    assert a.standing(b.public.key) == "blocked"
+    with pytest.raises(NotAllowed):
+        await b.connect(a.public, "127.0.0.1", a.port)
+    # The block is stored, so it outlives this session and a restart.
+    assert a.contacts is not None and [c.blocked for c in a.contacts.all()] == [True]

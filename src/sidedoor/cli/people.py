@@ -184,6 +184,7 @@ def requests_group(click_ctx: click.Context, as_json: bool) -> None:
       sidedoor requests
       sidedoor requests accept 3
       sidedoor requests decline 4
+      sidedoor requests block 5
     """
     if click_ctx.invoked_subcommand is not None:
         return
@@ -222,6 +223,22 @@ def requests_accept(ctx: Context, request_id: int) -> None:
     if not data["told"]:
         out.print(f"[dim]{name} could not be reached just now; they will see it when they "
                   "next ask.[/]")
+
+
+@requests_group.command("block")
+@click.argument("request_id", type=int)
+@pass_ctx
+def requests_block(ctx: Context, request_id: int) -> None:
+    """Decline a request and block its sender: their node is refused from now on.
+
+    `sidedoor contact unblock NAME` undoes it.
+
+    \b
+    Example:
+      sidedoor requests block 4
+    """
+    _call(ctx, "POST", f"/v1/requests/{request_id}/block", {})
+    out.print("Declined and blocked.")
 
 
 @requests_group.command("decline")

@@ -5,7 +5,7 @@
                                             or fingerprint: as in the list
     POST /v1/contacts/{who}/{action}        rename {petname} | remove | block | unblock | verify
     GET  /v1/requests                       incoming and outgoing contact requests
-    POST /v1/requests/{id}/accept|decline
+    POST /v1/requests/{id}/accept|decline|block
     POST /v1/add                            {address, addrs: [host:port], message}: send a request
                                             (no addrs: where `nearby` saw them, if it did)
     POST /v1/links                          a one-time sidedoor:// link (and its QR as SVG)
@@ -128,9 +128,9 @@ class PeopleRoutes:
         if action == "accept":
             contact, told = await intros.accept(request_id)
             return web.json_response({"contact": self._describe(contact), "told": told})
-        if action == "decline":
-            await intros.decline(request_id)
-            return web.json_response({"declined": request_id})
+        if action in ("decline", "block"):
+            await intros.decline(request_id, block=action == "block")
+            return web.json_response({"declined": request_id, "blocked": action == "block"})
         raise web.HTTPNotFound()
 
     def _find_nearby(self, who: str) -> dict[str, Any]:

@@ -455,10 +455,19 @@ class Connection(asyncio.BufferedProtocol):
         try:
             return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
-            self._opening.pop(cid, None)
-            self._reset(cid, "timed out")
+            self._abandon(cid, "timed out")
             raise PeerTimeout(f"the peer did not answer a channel request in {timeout:g} s"
                               ) from None
+        except asyncio.CancelledError:
+            self._abandon(cid, "cancelled")
+            raise
+
+    def _abandon(self, cid: int, reason: str) -> None:
+        """Give up on a channel we asked for: the peer's late answer finds it reset."""
+        self._opening.pop(cid, None)
+        self._streams.pop(cid, None)
+        if self.transport is not None:
+            self._reset(cid, reason)
 
     def close(self, reason: str = "closed", code: int = 0) -> None:
         self.session.close(reason, code)

@@ -230,12 +230,18 @@ class Introductions:
             log.info("could not tell %s that we accepted: %s", contact.public.address, exc)
         return contact, told
 
-    async def decline(self, request_id: int) -> None:
+    async def decline(self, request_id: int, *, block: bool = False) -> None:
+        """Drop a request; with ``block``, also refuse its sender from now on."""
         node = self.node
         assert node.db is not None
         request = await node.db.run(self.book.request, request_id)
         if request is None:
             raise ContactError(f"no request #{request_id}; `sidedoor requests` lists them")
+        if block:
+            contact = await node.db.run(lambda: self.book.add(
+                request.card_bytes, source="blocked request", now=time.time()))
+            await node.db.run(self.book.set_flag, contact.identity, "blocked", True)
+            node.set_standing(contact.identity, "blocked")
         await node.db.run(self.book.delete_request, request_id)
 
     async def create_link(self, one_time: bool = True) -> str:
