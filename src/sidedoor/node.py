@@ -207,25 +207,29 @@ class Node:
     async def start(self) -> None:
         self._take_lock()
         try:
-            self.identity, created = load_or_create_identity(self.home)
-            self.db = Database(self.home)
-            self.contacts = ContactBook(self.db)
-            self.name = self.db.get_setting("name") or DEFAULT_NAME
+            # Files and SQL stay off the event loop, start-up included.
+            identity, created = await asyncio.to_thread(load_or_create_identity, self.home)
+            self.identity = identity
+            db = self.db = await asyncio.to_thread(Database, self.home)
+            book = self.contacts = ContactBook(db)
+            saved_name: str | None = await db.run(db.get_setting, "name")
+            self.name = saved_name or DEFAULT_NAME
             self._standing = {
-                c.identity: ("blocked" if c.blocked else "contact") for c in self.contacts.all()
+                c.identity: ("blocked" if c.blocked else "contact")
+                for c in await db.run(book.all)
             }
             if created:
-                log.info("created identity %s", self.identity.address)
+                log.info("created identity %s", identity.address)
             port = self._requested_port
             if port is None:
-                saved = self.db.get_setting("port")
+                saved = await db.run(db.get_setting, "port")
                 port = int(saved) if saved else 0
             self._server = await self._listen(port)
             if self._remember_port:
-                self.db.set_setting("port", str(self.port))
+                await db.run(db.set_setting, "port", str(self.port))
             await self._start_discovery()
             self.started_at = time.time()
-            log.info("node %s listening on %s:%d", self.identity.address, self.host, self.port)
+            log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
             await self.aclose()
             raise
@@ -245,7 +249,7 @@ class Node:
         assert self.db is not None and self.identity is not None
         if not self.want_discovery:
             return
-        if self.db.get_setting("discovery", "on") == "off":
+        if await self.db.run(self.db.get_setting, "discovery") == "off":
             log.info("LAN discovery is off (setting)")
             return
         if ipaddress.ip_address(self.host if self.host else "0.0.0.0").is_loopback:
@@ -346,7 +350,7 @@ class Node:
             task.cancel()
         self.events.close()
         if self.db is not None:
-            self.db.close()
+            await asyncio.to_thread(self.db.close)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -11,7 +11,6 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -26,6 +25,7 @@ from sidedoor.errors import (
     RemoteProtocolError,
     SidedoorError,
 )
+from sidedoor.proto.framing import MESSAGE_HEADER, encode_message
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, ProofVerifier, Role, Session, SessionConfig, State
 from sidedoor.proto.session_events import (
@@ -51,7 +51,6 @@ CHANNEL_BACKLOG_LIMIT = 1 << 20
 # Decides on a channel the peer opens: return None to accept it (the handler then
 # owns the stream), or the reason to reject it.
 ChannelHandler = Callable[["Connection", "ChannelStream"], str | None]
-MESSAGE_HEADER = struct.Struct(">I")
 
 
 @contextlib.asynccontextmanager
@@ -160,7 +159,7 @@ class ChannelStream:
 
     async def write_message(self, data: bytes) -> None:
         """One length-prefixed message (for channels that carry messages, not a byte stream)."""
-        await self.write(MESSAGE_HEADER.pack(len(data)) + data)
+        await self.write(encode_message(data))
 
     async def read_message(self, limit: int, timeout: float = 30.0) -> bytes | None:
         """The next length-prefixed message; None at the end of the stream.

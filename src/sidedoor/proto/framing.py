@@ -28,6 +28,15 @@ def frame_header(body_len: int) -> bytes:
     return _HEADER.pack(body_len)
 
 
+# Messages on a channel (invites, and later chat): a 4-byte big-endian length, then the
+# message. Channels are byte streams; services that exchange messages frame them so.
+MESSAGE_HEADER = struct.Struct(">I")
+
+
+def encode_message(body: bytes) -> bytes:
+    return MESSAGE_HEADER.pack(len(body)) + body
+
+
 class FrameDecoder:
     """Splits a byte stream into frames, in a buffer of its own.
 
