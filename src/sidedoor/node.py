@@ -34,14 +34,13 @@ from sidedoor.home import LOCK_FILE, ensure_home
 from sidedoor.identity import (
     Identity,
     PublicIdentity,
-    SignatureDomain,
     load_or_create_identity,
     verify_noise_proof,
 )
 from sidedoor.names import clean_name
-from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
+from sidedoor.net.connection import ChannelStream, Connection, dial, local_keys, new_session
 from sidedoor.net.mdns import Discovery, DiscoveryEvent, PeerJoined, PeerLeft, PeerUpdated
-from sidedoor.proto.messages import CloseCode, IdentityProof
+from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
 from sidedoor.services.contacts import ContactBook, Standing
@@ -184,6 +183,7 @@ class Node:
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._addresses: tuple[float, list[str]] | None = None
+        self._local_keys: LocalKeys | None = None
         self.contacts: ContactBook | None = None
         self.name = DEFAULT_NAME
         self._standing: dict[bytes, Standing] = {}
@@ -424,12 +424,11 @@ class Node:
 
     # ---------------------------------------------------------- sessions
     def _keys(self) -> LocalKeys:
-        identity = self.identity
-        assert identity is not None
-        proof = IdentityProof(
-            identity.public.key, identity.sign(SignatureDomain.NOISE_STATIC, identity.noise_public)
-        )
-        return LocalKeys(identity.noise_private, proof)
+        # Signed once: every handshake presents the same proof.
+        if self._local_keys is None:
+            assert self.identity is not None
+            self._local_keys = local_keys(self.identity)
+        return self._local_keys
 
     def _accept(self) -> Connection:
         session = new_session(Role.RESPONDER, self._keys(), verify_noise_proof,

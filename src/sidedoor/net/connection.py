@@ -25,7 +25,9 @@ from sidedoor.errors import (
     RemoteProtocolError,
     SidedoorError,
 )
+from sidedoor.identity import Identity, SignatureDomain
 from sidedoor.proto.framing import MESSAGE_HEADER, encode_message
+from sidedoor.proto.messages import IdentityProof
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, ProofVerifier, Role, Session, SessionConfig, State
 from sidedoor.proto.session_events import (
@@ -481,6 +483,14 @@ class Connection(asyncio.BufferedProtocol):
         except TimeoutError:
             if self.transport is not None:
                 self.transport.abort()
+
+
+def local_keys(identity: Identity) -> LocalKeys:
+    """What a session needs of our identity: the Noise static key and its signed proof."""
+    proof = IdentityProof(
+        identity.public.key, identity.sign(SignatureDomain.NOISE_STATIC, identity.noise_public)
+    )
+    return LocalKeys(identity.noise_private, proof)
 
 
 def new_session(

@@ -5,24 +5,17 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from sidedoor.identity import Identity, SignatureDomain, verify_noise_proof
+from sidedoor.identity import Identity, verify_noise_proof
+from sidedoor.net.connection import local_keys
 from sidedoor.proto.framing import encode_frame
-from sidedoor.proto.messages import IdentityProof
 from sidedoor.proto.noise import Pattern
-from sidedoor.proto.session import LocalKeys, Role, Session, SessionConfig
+from sidedoor.proto.session import Role, Session, SessionConfig
 from sidedoor.proto.session_events import SessionEvent
 
 
 def identity_from(label: str) -> Identity:
     """A deterministic identity for tests."""
     return Identity(hashlib.sha256(label.encode()).digest())
-
-
-def local_keys(identity: Identity) -> LocalKeys:
-    proof = IdentityProof(
-        identity.public.key, identity.sign(SignatureDomain.NOISE_STATIC, identity.noise_public)
-    )
-    return LocalKeys(identity.noise_private, proof)
 
 
 def ephemeral(label: str) -> bytes:
