@@ -63,6 +63,10 @@ MAX_PENDING_PER_HOST = 32
 
 # Serves one channel a peer opened: (who opened it, the stream).
 StreamHandler = Callable[[PublicIdentity, ChannelStream], Awaitable[None]]
+# Told of every new session with a contact (services flush outboxes, resume transfers).
+SessionListener = Callable[["PeerSession"], None]
+# Happy eyeballs: the next candidate path starts this long after the previous one.
+RACE_STAGGER = 0.25
 
 
 def classify_path(host: str) -> str:
@@ -188,6 +192,7 @@ class Node:
         self.name = DEFAULT_NAME
         self._standing: dict[bytes, Standing] = {}
         self._handlers: dict[str, tuple[StreamHandler, bool]] = {}
+        self._session_listeners: list[SessionListener] = []
         self.introductions = Introductions(self)
         self.introductions.register()
         self.invites = Invites(self)
@@ -484,6 +489,12 @@ class Node:
         log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
                  info.path, addr)
         self.events.emit("session.opened", **info.describe())
+        if info.contact:
+            for listener in self._session_listeners:
+                try:
+                    listener(info)
+                except Exception:
+                    log.exception("session listener failed")
 
     def _end_stranger_session(self, conn: Connection) -> None:
         info = self.sessions.get(conn)
@@ -512,6 +523,10 @@ class Node:
                             strangers: bool = False) -> None:
         """Serve channels of ``kind``; ``strangers`` lets non-contacts open them too."""
         self._handlers[kind] = (handler, strangers)
+
+    def add_session_listener(self, listener: SessionListener) -> None:
+        """Call ``listener`` whenever a session with a contact opens (either direction)."""
+        self._session_listeners.append(listener)
 
     def _on_channel(self, conn: Connection, stream: ChannelStream) -> str | None:
         entry = self._handlers.get(stream.kind)
@@ -591,6 +606,90 @@ class Node:
                 errors.append(f"{addr}: {exc}")
         if not errors:
             raise ConnectError(f"no known address for {remote.short}…; is it online nearby?")
+        raise ConnectError(f"cannot reach {remote.short}…: " + "; ".join(errors))
+
+    async def known_addrs(self, identity: bytes) -> list[str]:
+        """Where ``identity`` may be listening, best first: seen on the LAN, its card, last dial."""
+        assert self.db is not None and self.contacts is not None
+        addrs: list[str] = []
+        address = PublicIdentity(identity).address
+        for peer in self.nearby():
+            if peer["address"] == address:
+                addrs.extend(peer["addrs"])
+        contact = await self.db.run(self.contacts.get, identity)
+        if contact is not None:
+            addrs.extend(contact.card.addrs)
+        last = await self.db.run(self.db.peer_last_addr, identity)
+        if last:
+            addrs.append(last)
+        return list(dict.fromkeys(addrs))
+
+    async def reach(self, identity: bytes, timeout: float = 10.0) -> Connection:
+        """A session with ``identity``: the live one, or the first known path that answers.
+
+        Candidate paths are raced, each starting RACE_STAGGER after the previous one
+        (happy eyeballs), and the first to authenticate wins; the others are cancelled.
+        """
+        live = self.session_with(identity)
+        if live is not None:
+            return live
+        remote = PublicIdentity(identity)
+        addrs = await self.known_addrs(identity)
+        if not addrs:
+            raise ConnectError(f"no known way to reach {remote.short}…; is it online?")
+        return await self._race(remote, addrs, timeout)
+
+    async def _race(self, remote: PublicIdentity, addrs: list[str],
+                    timeout: float) -> Connection:
+        errors: list[str] = []
+        tasks: dict[asyncio.Task[Connection], str] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending_addrs = list(addrs)
+        winner: Connection | None = None
+        try:
+            while winner is None and (pending_addrs or tasks):
+                if pending_addrs:
+                    addr = pending_addrs.pop(0)
+                    host, _, port = addr.rpartition(":")
+                    try:
+                        coro = self.connect(remote, host.strip("[]"), int(port),
+                                            timeout=max(0.1, deadline - loop.time()))
+                    except ValueError:
+                        errors.append(f"{addr}: not a host:port")
+                        continue
+                    tasks[asyncio.ensure_future(coro)] = addr
+                wait = RACE_STAGGER if pending_addrs else max(0.0, deadline - loop.time())
+                if not tasks:
+                    continue
+                done, _ = await asyncio.wait(tasks, timeout=wait,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    addr = tasks.pop(task)
+                    exc = task.exception()
+                    if exc is None:
+                        if winner is None:
+                            winner = task.result()
+                        else:
+                            task.result().close("a faster path won")
+                    else:
+                        errors.append(f"{addr}: {exc}")
+                if loop.time() >= deadline and winner is None:
+                    break
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    conn = await task
+                    if winner is None:
+                        winner = conn
+                    else:
+                        conn.close("a faster path won")
+        if winner is not None:
+            return winner
+        if not errors:
+            errors.append("timed out")
         raise ConnectError(f"cannot reach {remote.short}…: " + "; ".join(errors))
 
     async def connect(self, remote: PublicIdentity, host: str, port: int,

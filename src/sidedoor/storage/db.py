@@ -137,6 +137,11 @@ class Database:
             "last_addr = coalesce(excluded.last_addr, last_addr), last_seen = excluded.last_seen",
             (identity, noise_static, addr, now)))
 
+    def peer_last_addr(self, identity: bytes) -> str | None:
+        row = self.call(lambda c: c.execute(
+            "SELECT last_addr FROM peers WHERE identity = ?", (identity,)).fetchone())
+        return None if row is None else row[0]
+
     def peer_static(self, identity: bytes) -> bytes | None:
         row = self.call(lambda c: c.execute(
             "SELECT noise_static FROM peers WHERE identity = ?", (identity,)).fetchone())
