@@ -46,6 +46,7 @@ from sidedoor.proto.session import LocalKeys, Role, SessionConfig
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
+from sidedoor.services.mail import Mail
 from sidedoor.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ class Node:
         self.introductions.register()
         self.invites = Invites(self)
         self.invites.register()
+        self.mail = Mail()
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}

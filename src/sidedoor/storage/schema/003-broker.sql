@@ -1,0 +1,1 @@
+-- Reserved: filled in by the broker work (the numbers must stay gapless).

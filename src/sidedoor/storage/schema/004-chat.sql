@@ -1,0 +1,1 @@
+-- Reserved: filled in by the chat work (the numbers must stay gapless).

@@ -1,0 +1,1 @@
+-- Reserved: filled in by the files work (the numbers must stay gapless).
