@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from sidedoor.errors import (
     HandshakeFailed,
     NodeAlreadyRunning,
     NotAllowed,
+    PeerTimeout,
     SidedoorError,
 )
 from sidedoor.home import LOCK_FILE, ensure_home
@@ -38,8 +41,11 @@ from sidedoor.identity import (
     verify_noise_proof,
 )
 from sidedoor.names import clean_name
+from sidedoor.net.broker_client import BrokerLink
 from sidedoor.net.connection import ChannelStream, Connection, dial, local_keys, new_session
 from sidedoor.net.mdns import Discovery, DiscoveryEvent, PeerJoined, PeerLeft, PeerUpdated
+from sidedoor.net.race import Attempt, race
+from sidedoor.proto.broker import BrokerAddress
 from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
@@ -198,7 +204,8 @@ class Node:
         self.introductions.register()
         self.invites = Invites(self)
         self.invites.register()
-        self.mail = Mail()
+        self.mail = Mail(self)
+        self.brokers: dict[str, BrokerLink] = {}
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -235,6 +242,8 @@ class Node:
             if self._remember_port:
                 await db.run(db.set_setting, "port", str(self.port))
             await self._start_discovery()
+            for url in await db.run(db.brokers):
+                self._link(BrokerAddress.parse(url))
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
@@ -244,12 +253,14 @@ class Node:
     async def _listen(self, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.create_server(self._accept, self.host, port, reuse_address=True)
+            return await loop.create_server(self._accept, self.host, port, reuse_address=True,
+                                            reuse_port=True)
         except OSError as exc:
             if port and self._requested_port is None:
                 # The remembered port is taken (another program got it): pick a new one.
                 log.warning("port %d is taken (%s); choosing another", port, exc.strerror)
-                return await loop.create_server(self._accept, self.host, 0, reuse_address=True)
+                return await loop.create_server(self._accept, self.host, 0, reuse_address=True,
+                                                reuse_port=True)
             raise SidedoorError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from exc
 
     async def _start_discovery(self) -> None:
@@ -345,6 +356,9 @@ class Node:
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.aclose()
+        for link in list(self.brokers.values()):
+            await link.aclose()
+        await self.mail.aclose()
         for conn in [*self.sessions, *self._pending]:
             conn.close("the node is shutting down", CloseCode.SHUTTING_DOWN)
         if self._server is not None:
@@ -427,7 +441,36 @@ class Node:
             "uptime": time.time() - self.started_at,
             "sessions": [s.describe() for s in self.sessions.values()],
             "discovery": self.discovery is not None,
+            "brokers": [link.describe() for link in self.brokers.values()],
         }
+
+    # ------------------------------------------------------------ brokers
+    def _link(self, address: BrokerAddress) -> BrokerLink:
+        link = BrokerLink(self, address, on_mail=lambda item: self.mail.on_mail(link, item))
+        self.brokers[str(address)] = link
+        link.start()
+        return link
+
+    async def add_broker(self, url: str) -> BrokerLink:
+        """Use the broker at ``url`` from now on (and after restarts)."""
+        assert self.db is not None
+        address = BrokerAddress.parse(url)
+        if address.identity == self.public:
+            raise SidedoorError("that is this node's own key, not a broker's")
+        existing = self.brokers.get(str(address))
+        if existing is not None:
+            return existing
+        await self.db.run(self.db.add_broker, str(address), time.time())
+        return self._link(address)
+
+    async def remove_broker(self, url: str) -> None:
+        assert self.db is not None
+        address = BrokerAddress.parse(url)
+        link = self.brokers.pop(str(address), None)
+        if link is None:
+            raise SidedoorError(f"not a broker this node uses: {address.hostport}")
+        await self.db.run(self.db.remove_broker, str(address))
+        await link.aclose()
 
     # ---------------------------------------------------------- sessions
     def _keys(self) -> LocalKeys:
@@ -475,8 +518,8 @@ class Node:
             # Introductions are short: a stranger's session does not linger.
             asyncio.get_running_loop().call_later(
                 STRANGER_LIFETIME, self._end_stranger_session, conn)
-        info = PeerSession(conn, remote, direction, classify_path(str(peer[0])), addr,
-                           contact=standing == "contact")
+        info = PeerSession(conn, remote, direction, conn.via or classify_path(str(peer[0])),
+                           addr, contact=standing == "contact")
         self.sessions[conn] = info
         assert self.db is not None and conn.session.remote_static is not None
         if direction == "out" or info.contact:
@@ -576,6 +619,8 @@ class Node:
             self._standing.pop(identity, None)
         else:
             self._standing[identity] = standing
+        for link in self.brokers.values():
+            link.refresh()  # who may reach us through it changed
         for conn, info in list(self.sessions.items()):
             if info.remote.key == identity:
                 info.contact = standing == "contact"
@@ -584,8 +629,8 @@ class Node:
 
     def my_card(self) -> bytes:
         assert self.identity is not None
-        return make_card(self.identity, self.display_name, self.listen_addresses(), [],
-                         int(time.time()))
+        return make_card(self.identity, self.display_name, self.listen_addresses(),
+                         list(self.brokers), int(time.time()))
 
     def session_with(self, identity: bytes) -> Connection | None:
         for conn, info in self.sessions.items():
@@ -627,72 +672,84 @@ class Node:
         return list(dict.fromkeys(addrs))
 
     async def reach(self, identity: bytes, timeout: float = 10.0) -> Connection:
-        """A session with ``identity``: the live one, or the first known path that answers.
+        """A session with ``identity``: the live one, or the first path that authenticates.
 
-        Candidate paths are raced, each starting RACE_STAGGER after the previous one
-        (happy eyeballs), and the first to authenticate wins; the others are cancelled.
+        Candidates are raced (happy eyeballs): the addresses known directly (LAN, its
+        card, the last dial), then, through each broker, the addresses it reports, a
+        punched hole, and last the relay, which starts later so that a direct path
+        wins when there is one.
         """
         live = self.session_with(identity)
         if live is not None:
             return live
         remote = PublicIdentity(identity)
         addrs = await self.known_addrs(identity)
-        if not addrs:
-            raise ConnectError(f"no known way to reach {remote.short}…; is it online?")
-        return await self._race(remote, addrs, timeout)
+        attempts = [Attempt(addr, i * RACE_STAGGER, self._dial_text(remote, addr, timeout))
+                    for i, addr in enumerate(addrs)]
+        for link in self.brokers.values():
+            if link.is_registered:
+                attempts.append(Attempt(f"via {link.address.host}", 0.05 if addrs else 0.0,
+                                        functools.partial(link.reach, remote, set(addrs),
+                                                          timeout)))
+        if not attempts:
+            raise ConnectError(f"no known way to reach {remote.short}…: it was never seen "
+                               "on this network and no broker is connected")
+        return await race(attempts, timeout, f"{remote.short}…")
+
+    def _dial_text(self, remote: PublicIdentity, addr: str, timeout: float
+                   ) -> Callable[[], Awaitable[Connection]]:
+        async def run() -> Connection:
+            host, _, port = addr.rpartition(":")
+            try:
+                port_number = int(port)
+            except ValueError:
+                raise ConnectError("not a host:port") from None
+            return await self.connect(remote, host.strip("[]"), port_number, timeout=timeout)
+        return run
 
     async def _race(self, remote: PublicIdentity, addrs: list[str],
                     timeout: float) -> Connection:
-        errors: list[str] = []
-        tasks: dict[asyncio.Task[Connection], str] = {}
+        attempts = [Attempt(addr, i * RACE_STAGGER, self._dial_text(remote, addr, timeout))
+                    for i, addr in enumerate(addrs)]
+        return await race(attempts, timeout, f"{remote.short}…")
+
+    async def connect_over(self, sock: socket.socket, remote: PublicIdentity, via: str,
+                           timeout: float = 10.0) -> Connection:
+        """Authenticate ``remote`` on an already connected socket (relay, punched hole)."""
+        assert self.db is not None
+        static = await self.db.run(self.db.peer_static, remote.key)
+        session = new_session(
+            Role.INITIATOR, self._keys(), verify_noise_proof,
+            pattern=Pattern.IK if static is not None else Pattern.XX,
+            expected_remote=remote.key, remote_static=static, config=self.session_config)
+        conn = await dial(remote.short, 0, session, timeout=timeout, sock=sock, via=via,
+                          on_handshake=self._on_handshake, on_channel=self._on_channel,
+                          on_closed=self._on_closed)
+        if conn.session.pattern is Pattern.XX and conn.is_open:
+            with contextlib.suppress(SidedoorError):
+                await conn.ping(timeout)
+        if not conn.is_open:
+            raise NotAllowed(f"the node refused the connection "
+                             f"({conn.session.close_reason or 'closed'})")
+        return conn
+
+    async def accept_over(self, sock: socket.socket, via: str,
+                          timeout: float = 10.0) -> Connection:
+        """Answer a handshake on an already connected socket, as if it had dialled us."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        pending_addrs = list(addrs)
-        winner: Connection | None = None
+        conn = self._accept()
+        conn.via = via
         try:
-            while winner is None and (pending_addrs or tasks):
-                if pending_addrs:
-                    addr = pending_addrs.pop(0)
-                    host, _, port = addr.rpartition(":")
-                    try:
-                        coro = self.connect(remote, host.strip("[]"), int(port),
-                                            timeout=max(0.1, deadline - loop.time()))
-                    except ValueError:
-                        errors.append(f"{addr}: not a host:port")
-                        continue
-                    tasks[asyncio.ensure_future(coro)] = addr
-                wait = RACE_STAGGER if pending_addrs else max(0.0, deadline - loop.time())
-                if not tasks:
-                    continue
-                done, _ = await asyncio.wait(tasks, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    addr = tasks.pop(task)
-                    exc = task.exception()
-                    if exc is None:
-                        if winner is None:
-                            winner = task.result()
-                        else:
-                            task.result().close("a faster path won")
-                    else:
-                        errors.append(f"{addr}: {exc}")
-                if loop.time() >= deadline and winner is None:
-                    break
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    conn = await task
-                    if winner is None:
-                        winner = conn
-                    else:
-                        conn.close("a faster path won")
-        if winner is not None:
-            return winner
-        if not errors:
-            errors.append("timed out")
-        raise ConnectError(f"cannot reach {remote.short}…: " + "; ".join(errors))
+            await loop.create_connection(lambda: conn, sock=sock)
+            async with asyncio.timeout(timeout):
+                await conn.handshake
+        except TimeoutError:
+            conn.close("handshake timeout")
+            raise PeerTimeout(f"no handshake on the {via} path within {timeout:g} s") from None
+        except BaseException:
+            conn.close("handshake failed")
+            raise
+        return conn
 
     async def connect(self, remote: PublicIdentity, host: str, port: int,
                       timeout: float = 10.0) -> Connection:
