@@ -671,8 +671,12 @@ class Node:
             addrs.append(last)
         return list(dict.fromkeys(addrs))
 
-    async def reach(self, identity: bytes, timeout: float = 10.0) -> Connection:
+    async def reach(self, identity: bytes, timeout: float = 10.0,
+                    addrs: list[str] | None = None) -> Connection:
         """A session with ``identity``: the live one, or the first path that authenticates.
+
+        ``addrs`` adds addresses to try (from a link, a card); strangers are reached
+        the same way, for an introduction.
 
         Candidates are raced (happy eyeballs): the addresses known directly (LAN, its
         card, the last dial), then, through each broker, the addresses it reports, a
@@ -683,7 +687,7 @@ class Node:
         if live is not None:
             return live
         remote = PublicIdentity(identity)
-        addrs = await self.known_addrs(identity)
+        addrs = list(dict.fromkeys([*(addrs or []), *await self.known_addrs(identity)]))
         attempts = [Attempt(addr, i * RACE_STAGGER, self._dial_text(remote, addr, timeout))
                     for i, addr in enumerate(addrs)]
         for link in self.brokers.values():
@@ -787,6 +791,25 @@ class Node:
             return conn
         assert last_error is not None
         raise last_error
+
+    async def ping_reach(self, identity: bytes, count: int = 1,
+                         timeout: float = 10.0) -> PingResult:
+        """Ping a contact by whatever path `reach` finds (or the session already open)."""
+        remote = PublicIdentity(identity)
+        if remote == self.public:
+            raise ConnectError("that is this node's own address")
+        loop = asyncio.get_running_loop()
+        live = self.session_with(identity) is not None
+        start = loop.time()
+        conn = await self.reach(identity, timeout=timeout)
+        handshake_ms = 0.0 if live else (loop.time() - start) * 1000
+        info = self.sessions.get(conn)
+        rtts = [await conn.ping(timeout) * 1000 for _ in range(max(1, count))]
+        return PingResult(
+            address=remote.address, addr=info.remote_addr if info else "?",
+            path=info.path if info else "?", pattern=conn.session.pattern.value,
+            handshake_ms=handshake_ms, rtts_ms=rtts,
+            contact=self.standing(identity) == "contact")
 
     async def ping(self, address: str, host: str, port: int, count: int = 1,
                    timeout: float = 10.0) -> PingResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,7 +16,7 @@ from sidedoor.identity import PublicIdentity
 from sidedoor.net.broker_client import BrokerLink
 from sidedoor.node import Node
 from sidedoor.proto import broker as wire
-from sidedoor.testing.nodes import befriend
+from sidedoor.testing.nodes import befriend, eventually
 
 
 async def registered(node: Node, broker: BrokerServer) -> BrokerLink:
@@ -25,11 +24,6 @@ async def registered(node: Node, broker: BrokerServer) -> BrokerLink:
     await asyncio.wait_for(link.registered.wait(), 10)
     return link
 
-
-async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not check():
-            await asyncio.sleep(0.02)
 
 
 async def test_a_node_registers_and_sees_its_observed_address(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
@@ -85,7 +79,7 @@ async def test_relay_carries_an_end_to_end_session_as_ciphertext(node_factory,  
     stream = await conn.open_channel("test-echo")
     await stream.write(secret)
     stream.end()
-    await until(lambda: got)
+    await eventually(lambda: got)
     assert got == [secret]
     assert broker.metrics.relays_started == 1 and len(seen) > len(secret)
     assert b"plaintext the broker" not in seen
@@ -128,7 +122,7 @@ async def test_mail_waits_for_an_offline_contact_and_is_delivered_once(  # type:
     await registered(a, broker)
     await registered(b, broker)
     await b.aclose()
-    await until(lambda: b.public.key not in broker.peers)
+    await eventually(lambda: b.public.key not in broker.peers)
     assert await a.mail.send(b.public.key, "test", b"hello while you were out")
     assert broker.health()["mailbox_envelopes"] == 1
     # Bob comes back: the envelope is handed to the service, then deleted at the broker.
@@ -141,7 +135,7 @@ async def test_mail_waits_for_an_offline_contact_and_is_delivered_once(  # type:
     b2.mail.add_handler("test", handler)
     await b2.start()
     try:
-        await until(lambda: got and broker.health()["mailbox_envelopes"] == 0)
+        await eventually(lambda: got and broker.health()["mailbox_envelopes"] == 0)
         assert got == [(a.public.address, b"hello while you were out")]
     finally:
         await b2.aclose()
@@ -163,6 +157,24 @@ async def test_a_flood_of_requests_cuts_the_flooder_off_only(node_factory, broke
     link_b = await registered(b, broker)
     for _ in range(200):
         await link_a.send(wire.Ping(10_000))
-    await until(lambda: a.public.key not in broker.peers)
+    await eventually(lambda: a.public.key not in broker.peers)
     pong = await link_b.request(lambda rid: wire.Ping(rid))
     assert isinstance(pong, wire.Pong)
+
+
+async def test_an_invite_code_meets_at_the_broker(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
+    # Loopback nodes have no LAN discovery: the broker is the only meeting point.
+    a: Node = await node_factory()
+    b: Node = await node_factory()
+    await registered(a, broker)
+    await registered(b, broker)
+    invite = await a.invites.create()
+    assert invite.code.nameplate in broker.state.nameplates
+    contact = await b.invites.join(str(invite.code))
+    assert contact.identity == a.public.key
+    await eventually(lambda: a.standing(b.public.key) == "contact")
+    # One use per number: a second joiner is told there is no such invite.
+    c: Node = await node_factory()
+    await registered(c, broker)
+    with pytest.raises(Exception, match="no broker of yours has an open invite"):
+        await c.invites.join(str(invite.code))

@@ -29,6 +29,7 @@ RELAY_TOKEN_TTL = 15.0
 NAMEPLATE_TTL = 30 * 60.0
 MAX_NAMEPLATES_PER_PEER = 8
 GUEST_TTL = 120.0
+MAX_NAMEPLATE_SPAN = 1000  # invite codes carry numbers up to 999
 REQUESTS_PER_SECOND = 50
 PUNCH_MARGIN = 0.05  # seconds added so both dials start after both messages arrived
 
@@ -183,7 +184,7 @@ class BrokerState:
             return wire.Refused(msg.rid, f"at most {MAX_NAMEPLATES_PER_PEER} open invites")
         # Short numbers while few are open: the number is what people type.
         span = 100
-        while len(self.nameplates) * 2 >= span:
+        while len(self.nameplates) * 2 >= span and span < MAX_NAMEPLATE_SPAN:
             span *= 10
         for _ in range(64):
             number = 1 + secrets.randbelow(span - 1)

@@ -163,7 +163,7 @@ class Introductions:
             raise ContactError("that is you")
         if node.standing(target.key) == "contact":
             raise ContactError("you are already contacts")
-        conn = await node.connect_any(target, addrs)
+        conn = await node.reach(target.key, addrs=addrs)
         meta = wire.encode(wire.RequestMeta(node.my_card(), message[: wire.MAX_MESSAGE_LEN],
                                             token))
         stream = await conn.open_channel(wire.KIND_REQUEST, meta)
@@ -201,7 +201,7 @@ class Introductions:
         contact = await self.add_contact(request.card_bytes, "request")
         told = False
         try:
-            conn = await node.connect_any(contact.public, [*request.card.addrs], timeout=5)
+            conn = await node.reach(contact.identity, timeout=5, addrs=[*request.card.addrs])
             stream = await conn.open_channel(
                 wire.KIND_ACCEPT, wire.encode(wire.AcceptMeta(node.my_card())))
             data = await stream.read_all(wire.MAX_REPLY_LEN, REPLY_TIMEOUT)
