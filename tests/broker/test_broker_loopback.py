@@ -178,3 +178,71 @@ async def test_an_invite_code_meets_at_the_broker(node_factory, broker) -> None:
     await registered(c, broker)
     with pytest.raises(Exception, match="no broker of yours has an open invite"):
         await c.invites.join(str(invite.code))
+
+
+async def test_a_mailbox_flood_hits_the_quota_and_others_still_get_through(  # type: ignore[no-untyped-def]
+        node_factory, broker_factory) -> None:
+    broker: BrokerServer = await broker_factory(mailbox_quota=(40, 1 << 20))
+    bob: Node = await node_factory()
+    flooder: Node = await node_factory()
+    alice: Node = await node_factory()
+    await befriend(bob, flooder)
+    await befriend(bob, alice)
+    link_f = await registered(flooder, broker)
+    link_a = await registered(alice, broker)
+    await registered(bob, broker)
+    await bob.aclose()
+    await eventually(lambda: bob.public.key not in broker.peers)
+    refused = 0
+    for _ in range(20):
+        try:
+            await link_f.request(lambda rid: wire.Deposit(rid, bob.public.key, b"x" * 1000))
+        except BrokerError as exc:
+            assert "full" in str(exc)
+            refused += 1
+    assert refused == 10  # one sender may fill a quarter of a mailbox
+    ok = await link_a.request(lambda rid: wire.Deposit(rid, bob.public.key, b"y" * 1000))
+    assert isinstance(ok, wire.Deposited)
+
+
+async def test_an_oversized_envelope_cuts_the_sender_off(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
+    from sidedoor.proto.envelope import MAX_ENVELOPE
+
+    a: Node = await node_factory()
+    b: Node = await node_factory()
+    await befriend(a, b)
+    link = await registered(a, broker)
+    await registered(b, broker)
+    with pytest.raises(BrokerError):
+        await link.request(lambda rid: wire.Deposit(rid, b.public.key,
+                                                    b"z" * (MAX_ENVELOPE + 1)))
+    await eventually(lambda: a.public.key not in broker.peers or not link.is_registered)
+    assert broker.health()["mailbox_envelopes"] == 0
+    with pytest.raises(ValueError, match="at most"):
+        await a.mail.send(b.public.key, "test", b"z" * (MAX_ENVELOPE + 1))
+
+
+async def test_a_half_open_relay_is_dropped(node_factory, broker_factory,  # type: ignore[no-untyped-def]
+                                            monkeypatch) -> None:
+    broker: BrokerServer = await broker_factory(relay_wait=0.6)
+    a: Node = await node_factory()
+    b: Node = await node_factory()
+    await befriend(a, b)
+    link = await registered(a, broker)
+    link_b = await registered(b, broker)
+
+    async def stay_away(push: wire.RelayIncoming) -> None:
+        return None
+
+    # B's node is told to come but does not; A holds its half open alone.
+    monkeypatch.setattr(link_b, "_answer_relay", stay_away)
+    ready = await link.request(lambda rid: wire.RelayRequest(rid, b.public.key))
+    assert isinstance(ready, wire.RelayReady)
+    loop = asyncio.get_running_loop()
+    sock = socket.create_connection(("127.0.0.1", broker.port))
+    sock.setblocking(False)
+    try:
+        await loop.sock_sendall(sock, wire.RELAY_PREAMBLE + ready.token + b"hello?")
+        assert await asyncio.wait_for(loop.sock_recv(sock, 10), 5) == b""
+    finally:
+        sock.close()

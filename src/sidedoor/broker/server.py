@@ -160,12 +160,16 @@ class BrokerServer:
 
     def __init__(self, data_dir: Path, host: str = "0.0.0.0", port: int = 7700, *,
                  public_host: str | None = None, max_relays: int = 512,
-                 relay_idle: float = 120.0, health: tuple[str, int] | None = None,
+                 relay_idle: float = 120.0, relay_wait: float = 30.0,
+                 mailbox_quota: tuple[int, int] = (2000, 64 << 20),
+                 health: tuple[str, int] | None = None,
                  tap: Callable[[bytes], None] | None = None) -> None:
         self.data_dir = data_dir
         self.host, self.requested_port = host, port
         self.public_host = public_host
         self.relay_idle = relay_idle
+        self.relay_wait = relay_wait  # a half with no partner by then is dropped
+        self.mailbox_quota = mailbox_quota
         self.health_addr = health
         self.tap = tap
         self.state = BrokerState(max_relays=max_relays)
@@ -195,7 +199,9 @@ class BrokerServer:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         identity, _ = await asyncio.to_thread(load_or_create_identity, self.data_dir)
         self.identity = identity
-        self.mailbox = await asyncio.to_thread(Mailbox, self.data_dir / "mailbox.db")
+        count, size = self.mailbox_quota
+        self.mailbox = await asyncio.to_thread(Mailbox, self.data_dir / "mailbox.db",
+                                               max_count=count, max_bytes=size)
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
@@ -451,14 +457,14 @@ class BrokerServer:
     # ------------------------------------------------------------------ upkeep
     async def _upkeep_loop(self) -> None:
         while True:
-            await asyncio.sleep(UPKEEP_INTERVAL)
+            await asyncio.sleep(min(UPKEEP_INTERVAL, self.relay_wait / 3))
             loop_now = asyncio.get_running_loop().time()
             self.state.expire(loop_now)
             now = time.monotonic()
             for half in list(self._halves):
                 idle = now - half.last_active
                 partner_idle = (now - half.partner.last_active) if half.partner else idle
-                if half.partner is None and idle > 30.0:
+                if half.partner is None and idle > self.relay_wait:
                     half.transport.abort()  # half-open: its partner never came
                 elif min(idle, partner_idle) > self.relay_idle:
                     half.transport.abort()

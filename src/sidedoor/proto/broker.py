@@ -22,6 +22,7 @@ import msgspec
 
 from sidedoor.errors import InvalidBrokerAddress, MessageError
 from sidedoor.identity import PublicIdentity
+from sidedoor.proto.envelope import MAX_ENVELOPE
 
 KIND_BROKER: Final = "broker"
 URL_SCHEME: Final = "sidedoor-broker"
@@ -199,6 +200,8 @@ def _check_request(message: ToBroker) -> None:
             raise MessageError("the allow list holds a bad identity or is too long")
         if not 0 <= message.listen_port < 65536:
             raise MessageError("bad listening port")
+    if isinstance(message, Deposit) and len(message.envelope) > MAX_ENVELOPE:
+        raise MessageError(f"an envelope over {MAX_ENVELOPE} bytes")
     if isinstance(message, MailAck) and len(message.ids) > 1024:
         raise MessageError("too many acknowledgements at once")
 
