@@ -74,6 +74,8 @@ StreamHandler = Callable[[PublicIdentity, ChannelStream], Awaitable[None]]
 SessionListener = Callable[["PeerSession"], None]
 # Happy eyeballs: the next candidate path starts this long after the previous one.
 RACE_STAGGER = 0.25
+# A relayed session being replaced is closed when idle, or after this long anyway.
+UPGRADE_DRAIN_SECONDS = 3600
 
 
 def classify_path(host: str) -> str:
@@ -206,6 +208,8 @@ class Node:
         self.invites.register()
         self.mail = Mail(self)
         self.brokers: dict[str, BrokerLink] = {}
+        self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
+        self._upgrades: set[asyncio.Task[None]] = set()
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -356,6 +360,8 @@ class Node:
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.aclose()
+        for task in list(self._upgrades):
+            task.cancel()
         for link in list(self.brokers.values()):
             await link.aclose()
         await self.mail.aclose()
@@ -534,6 +540,11 @@ class Node:
         log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
                  info.path, addr)
         self.events.emit("session.opened", **info.describe())
+        if info.contact and info.path == "relayed" and self.public.key < remote.key:
+            # One side drives the upgrade (the smaller key), so the two do not race.
+            task = asyncio.ensure_future(self._upgrade(conn, remote))
+            self._upgrades.add(task)
+            task.add_done_callback(self._upgrades.discard)
         if info.contact:
             for listener in self._session_listeners:
                 try:
@@ -633,10 +644,55 @@ class Node:
                          list(self.brokers), int(time.time()))
 
     def session_with(self, identity: bytes) -> Connection | None:
+        """The open session with ``identity``; a direct one rather than a relayed one."""
+        found: Connection | None = None
         for conn, info in self.sessions.items():
             if info.remote.key == identity and conn.is_open:
-                return conn
-        return None
+                if info.path != "relayed":
+                    return conn
+                found = found or conn
+        return found
+
+    async def wait_for_session(self, identity: bytes, timeout: float,
+                               direct: bool = False) -> Connection:
+        """The first session with ``identity`` to open (polled: this is for rare paths)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                conn = self.session_with(identity)
+                if conn is not None and not (direct and conn.via == "relayed"):
+                    return conn
+                await asyncio.sleep(0.05)
+
+    async def _upgrade(self, conn: Connection, remote: PublicIdentity) -> None:
+        """Keep trying to replace a relayed session with a punched (direct) one.
+
+        The relayed session is closed once a direct one is open and nothing is left
+        running on the relayed one, so a transfer in progress is not cut.
+        """
+        delay = self.upgrade_interval
+        while conn.is_open and not self._closed:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+            direct = self.session_with(remote.key)
+            if direct is None or direct is conn:
+                for link in list(self.brokers.values()):
+                    if not link.is_registered:
+                        continue
+                    try:
+                        direct = await link.punch(remote, timeout=10.0)
+                        break
+                    except (SidedoorError, OSError) as exc:
+                        log.debug("upgrade to %s via %s failed: %s", remote.short,
+                                  link.address.hostport, exc)
+            if direct is not None and direct is not conn and direct.is_open:
+                log.info("session with %s upgraded from relayed to %s", remote.short,
+                         self.sessions[direct].path if direct in self.sessions else "direct")
+                for _ in range(UPGRADE_DRAIN_SECONDS):
+                    if not (conn.is_open and conn.session.open_channels):
+                        break
+                    await asyncio.sleep(1.0)
+                conn.close("upgraded to a direct path")
+                return
 
     async def connect_any(self, remote: PublicIdentity, addrs: list[str],
                           timeout: float = 10.0) -> Connection:

@@ -34,6 +34,7 @@ async def test_a_node_registers_and_sees_its_observed_address(node_factory, brok
     assert a.public.key in broker.state.registrations
     status = a.status()["brokers"][0]
     assert status["state"] == "registered" and status["url"] == broker.url()
+    assert status["nat"] == "none"
     assert broker.url() in read_card(a.my_card()).brokers
 
 
@@ -246,3 +247,20 @@ async def test_a_half_open_relay_is_dropped(node_factory, broker_factory,  # typ
         assert await asyncio.wait_for(loop.sock_recv(sock, 10), 5) == b""
     finally:
         sock.close()
+
+
+async def test_a_relayed_session_is_upgraded_to_a_direct_one(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
+    a: Node = await node_factory()
+    b: Node = await node_factory()
+    await befriend(a, b)
+    for conn in [*a.sessions, *b.sessions]:
+        conn.close("start over")
+    await eventually(lambda: not a.sessions and not b.sessions)
+    a.upgrade_interval = b.upgrade_interval = 0.2
+    link = await registered(a, broker)
+    await registered(b, broker)
+    relayed = await link.relay(b.public, timeout=10)
+    assert a.sessions[relayed].path == "relayed"
+    await eventually(lambda: not relayed.is_open, timeout=15, what="the upgrade")
+    direct = a.session_with(b.public.key)
+    assert direct is not None and a.sessions[direct].path != "relayed"

@@ -177,6 +177,9 @@ def ping(person: Person, other: str) -> dict[str, Any]:
 def test_two_nats_that_drop_inbound_connect_by_hole_punching(
         internet: Internet, tmp_path: Path, broker: Broker) -> None:
     with people(internet, tmp_path, broker) as (alice, bob):
+        (link,) = sd_json(alice.host, alice.home, "brokers")
+        assert link["state"] == "registered" and link["nat"] == "port-preserving"
+        assert link["observed"].startswith("198.51.100.")  # her router's public address
         pair(alice, bob)
         assert alice.session_path(bob) in ("punched", None)
         # A fresh session, from Alice's side this time.
@@ -191,6 +194,8 @@ def test_two_nats_that_drop_inbound_connect_by_hole_punching(
 def test_a_symmetric_nat_falls_back_to_the_relay_which_sees_ciphertext_only(
         internet: Internet, tmp_path: Path, broker: Broker) -> None:
     with people(internet, tmp_path, broker, a={"mapping": "random"}) as (alice, bob):
+        (link,) = sd_json(alice.host, alice.home, "brokers")
+        assert link["nat"] == "port-changing"
         pair(alice, bob)
         result = ping(bob, "Alice Plaintextname")
         assert result["path"] == "relayed", result

@@ -157,11 +157,21 @@ def brokers_command(ctx: Context, as_json: bool) -> None:
         out.print(line)
 
 
+NAT_WORDS = {
+    "none": "no NAT: contacts can dial you directly",
+    "port-preserving": "behind a NAT that keeps ports: hole punching works",
+    "port-changing": "behind a NAT that changes ports: contacts behind NATs go through "
+                     "the relay",
+    "unknown": "NAT not known yet",
+}
+
+
 def print_broker_status(status: dict[str, Any]) -> None:
     for link in status.get("brokers", []):
         if link["state"] == "registered":
             out.print(f"[bold]Broker[/]      registered at {safe(link['host'])}, "
-                      f"public address {safe(link['observed'])}")
+                      f"public address {safe(link['observed'])} "
+                      f"({NAT_WORDS.get(link.get('nat', 'unknown'), 'NAT not known')})")
         else:
             out.print(f"[bold]Broker[/]      {safe(link['host'])}: {safe(link['state'])}"
                       + (f" ({safe(link['error'])})" if link["error"] else ""))

@@ -63,9 +63,21 @@ class BrokerLink:
     def is_registered(self) -> bool:
         return self.registered.is_set() and self.conn is not None and self.conn.is_open
 
+    def nat(self) -> str:
+        """What the observed address says about the network between us and the broker."""
+        if not self.observed:
+            return "unknown"
+        host, _, port = self.observed.rpartition(":")
+        listening = {a.rpartition(":")[0] for a in self.node.listen_addresses()}
+        if host in listening or host.strip("[]") in listening:
+            return "none"  # the broker sees our own address: no NAT on the way
+        if port == str(self.node.port):
+            return "port-preserving"  # hole punching should work
+        return "port-changing"  # contacts behind NAT will mostly be relayed
+
     def describe(self) -> dict[str, Any]:
         return {"url": self.url, "host": self.address.hostport, "state": self.state,
-                "observed": self.observed, "error": self.error,
+                "observed": self.observed, "nat": self.nat(), "error": self.error,
                 "mail_waiting": self.mail_waiting}
 
     def start(self) -> None:
@@ -287,9 +299,30 @@ class BrokerLink:
             remaining = max(1.0, deadline - loop.time())
             if self.node.public.key < remote.key:
                 return await self.node.connect_over(sock, remote, "punched", remaining)
-            conn = await self.node.accept_over(sock, "punched", remaining)
+            # We answer the handshake. Where the NAT lets SYNs in (or on one network)
+            # our dial may have landed on the peer's listener, which answers too, and
+            # the peer's own dial reached ours: whichever session opens first is it.
+            answer = asyncio.ensure_future(self.node.accept_over(sock, "punched", remaining))
+            other = asyncio.ensure_future(
+                self.node.wait_for_session(remote.key, remaining, direct=True))
+            try:
+                await asyncio.wait([answer, other], timeout=remaining,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                other.cancel()
+                if not answer.done():
+                    answer.cancel()
+            conn = _result(answer) or _result(other)
+            if conn is None:
+                raise ConnectError(f"no handshake through the hole to {at.addr}")
             if conn.remote_identity != remote.key:
                 conn.close("not the peer we punched to")
                 raise ConnectError("someone else answered the punched hole")
             return conn
         raise ConnectError(f"punching through to {at.addr} failed: {last or 'timed out'}")
+
+
+def _result(task: asyncio.Future[Connection]) -> Connection | None:
+    if task.done() and not task.cancelled() and task.exception() is None:
+        return task.result()
+    return None
