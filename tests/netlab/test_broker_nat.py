@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import select
+import queue
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -71,13 +72,18 @@ class Broker:
 
     def _wait_for_address(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not self.url:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 1)
-            if ready:
-                line = self.proc.stdout.readline().strip()
-                if line.startswith("sidedoor-broker://"):
-                    self.url = line
+        stdout = self.proc.stdout
+        found = queue.Queue[str]()
+
+        def read() -> None:
+            # A thread, not select(): readline() buffers lines that select() cannot see.
+            for line in stdout:
+                if line.strip().startswith("sidedoor-broker://"):
+                    found.put(line.strip())
+
+        threading.Thread(target=read, daemon=True).start()
+        with contextlib.suppress(queue.Empty):
+            self.url = found.get(timeout=30)
         log = (self.data.parent / "broker.log").read_text()
         assert self.url, f"the broker did not print its address: {log}"
 

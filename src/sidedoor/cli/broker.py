@@ -88,6 +88,7 @@ async def _serve(broker: BrokerServer) -> None:
         if broker.health_addr is not None:
             out.print(f"Health: http://{broker.health_addr[0]}:{broker.health_port}/health")
         out.print("Stop with Ctrl-C.")
+        out.file.flush()  # under a service manager or a pipe, the address must show now
         await stop.wait()
     out.print("Broker stopped.")
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 REQUEST_TIMEOUT = 10.0
 BACKOFF = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
-RELAY_AFTER = 2.0  # the relay starts this late so a punched or direct path can win
+RELAY_AFTER = 3.0  # the relay starts this late so a punched or direct path can win
 PUNCH_BUDGET = 4.0
 PUNCH_RETRY = 0.2
 
