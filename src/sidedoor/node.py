@@ -210,6 +210,7 @@ class Node:
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
         self._upgrades: set[asyncio.Task[None]] = set()
+        self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -557,8 +558,26 @@ class Node:
         if info is not None and self.standing(info.remote.key) == "stranger":
             conn.close("introductions take a minute at most", CloseCode.BUSY)
 
+    def expect_punch(self, where: tuple[str, int], remote: PublicIdentity,
+                     initiator: bool) -> None:
+        """A punch to ``where`` is under way: a connection from there is that peer."""
+        self._punches[where] = (remote, initiator)
+
+    def forget_punch(self, where: tuple[str, int]) -> None:
+        self._punches.pop(where, None)
+
     def _admit(self, conn: Connection) -> bool:
         """Before any byte is read: cap the connections still in their handshake."""
+        peer = (str(conn.peername[0]), int(conn.peername[1])) if conn.peername else None
+        punch = self._punches.get(peer) if peer is not None else None
+        if punch is not None:
+            remote, initiator = punch
+            conn.via = "punched"
+            if initiator:
+                # The peer's dial reached our listener: we still speak first, as agreed.
+                conn.session = new_session(
+                    Role.INITIATOR, self._keys(), verify_noise_proof,
+                    expected_remote=remote.key, config=self.session_config)
         host = conn.peername[0] if conn.peername else "?"
         same_host = sum(1 for c in self._pending if c.peername and c.peername[0] == host)
         if len(self._pending) > MAX_PENDING or same_host > MAX_PENDING_PER_HOST:

@@ -40,11 +40,15 @@ def _hostport(text: str) -> tuple[str, int]:
               help="Relays spliced at once; more are refused (nodes then retry).")
 @click.option("--relay-idle", default=120.0, show_default=True,
               help="Seconds a relay may stay silent both ways before it is cut.")
+@click.option("--mailbox-max", default=2000, show_default=True,
+              help="Envelopes one recipient's mailbox holds (one sender may use a quarter).")
+@click.option("--mailbox-mib", default=64, show_default=True,
+              help="MiB one recipient's mailbox holds (one sender may use a quarter).")
 @click.option("--tap-dir", hidden=True, type=click.Path(file_okay=False, path_type=Path),
               help="Tests only: write every relayed byte to files here.")
 def broker_command(listen: str, data: Path | None, public_host: str | None,
                    health: str | None, max_relays: int, relay_idle: float,
-                   tap_dir: Path | None) -> None:
+                   mailbox_max: int, mailbox_mib: int, tap_dir: Path | None) -> None:
     """Run a broker: it helps nodes behind NATs find and reach each other.
 
     A broker registers nodes (soft state), tells a node's contacts where it is,
@@ -75,7 +79,8 @@ def broker_command(listen: str, data: Path | None, public_host: str | None,
         tap = tap_file.write  # type: ignore[assignment]
     _run(_serve(BrokerServer(
         data_dir, host, port, public_host=public_host, max_relays=max_relays,
-        relay_idle=relay_idle, health=health_addr, tap=tap)))
+        relay_idle=relay_idle, mailbox_quota=(mailbox_max, mailbox_mib << 20),
+        health=health_addr, tap=tap)))
 
 
 async def _serve(broker: BrokerServer) -> None:

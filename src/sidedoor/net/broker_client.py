@@ -280,46 +280,57 @@ class BrokerLink:
         """TCP simultaneous open from our listening port to the peer's mapped one.
 
         Both peers run this at once; the one with the smaller key speaks first in the
-        Noise handshake, so the two never both wait or both start.
+        Noise handshake, so the two never both wait or both start. Where nothing drops
+        unsolicited SYNs (no NAT between the two, or one that lets them in), one dial
+        lands on the other's listener instead of crossing: the listener then takes the
+        role its node was to play (see `Node.expect_punch`), and whichever session
+        opens first is the punched one.
         """
+        node = self.node
+        remote = PublicIdentity(at.peer)
+        initiator = node.public.key < remote.key
+        host, _, port = at.addr.rpartition(":")
+        where = (host.strip("[]"), int(port))
+        node.expect_punch(where, remote, initiator)
+        dialled = asyncio.ensure_future(self._punch_dial(at, where, remote, initiator, budget))
+        landed = asyncio.ensure_future(
+            node.wait_for_session(remote.key, budget + at.delay, direct=True))
+        try:
+            await asyncio.wait([dialled, landed], timeout=budget + at.delay,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            node.forget_punch(where)
+            landed.cancel()
+            if not dialled.done():
+                dialled.cancel()
+        conn = _result(dialled) or _result(landed)
+        if conn is None:
+            error = dialled.exception() if dialled.done() and not dialled.cancelled() else None
+            raise ConnectError(f"punching through to {at.addr} failed: {error or 'timed out'}")
+        if conn.remote_identity != remote.key:
+            conn.close("not the peer we punched to")
+            raise ConnectError("someone else answered the punched hole")
+        return conn
+
+    async def _punch_dial(self, at: wire.PunchAt, where: tuple[str, int],
+                          remote: PublicIdentity, initiator: bool, budget: float) -> Connection:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         await asyncio.sleep(max(0.0, at.delay))
-        host, _, port = at.addr.rpartition(":")
-        remote = PublicIdentity(at.peer)
         last: Exception | None = None
         while loop.time() < deadline:
             try:
-                sock = await connect_from(self.node.host, self.node.port, host.strip("[]"),
-                                          int(port), max(0.1, deadline - loop.time()))
+                sock = await connect_from(self.node.host, self.node.port, where[0], where[1],
+                                          max(0.1, deadline - loop.time()))
             except ConnectError as exc:
                 last = exc
                 await asyncio.sleep(PUNCH_RETRY)
                 continue
             remaining = max(1.0, deadline - loop.time())
-            if self.node.public.key < remote.key:
+            if initiator:
                 return await self.node.connect_over(sock, remote, "punched", remaining)
-            # We answer the handshake. Where the NAT lets SYNs in (or on one network)
-            # our dial may have landed on the peer's listener, which answers too, and
-            # the peer's own dial reached ours: whichever session opens first is it.
-            answer = asyncio.ensure_future(self.node.accept_over(sock, "punched", remaining))
-            other = asyncio.ensure_future(
-                self.node.wait_for_session(remote.key, remaining, direct=True))
-            try:
-                await asyncio.wait([answer, other], timeout=remaining,
-                                   return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                other.cancel()
-                if not answer.done():
-                    answer.cancel()
-            conn = _result(answer) or _result(other)
-            if conn is None:
-                raise ConnectError(f"no handshake through the hole to {at.addr}")
-            if conn.remote_identity != remote.key:
-                conn.close("not the peer we punched to")
-                raise ConnectError("someone else answered the punched hole")
-            return conn
-        raise ConnectError(f"punching through to {at.addr} failed: {last or 'timed out'}")
+            return await self.node.accept_over(sock, "punched", remaining)
+        raise ConnectError(str(last or "timed out"))
 
 
 def _result(task: asyncio.Future[Connection]) -> Connection | None:
