@@ -49,6 +49,7 @@ from sidedoor.proto.broker import BrokerAddress
 from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
+from sidedoor.services.card_updates import CardUpdates
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
@@ -207,6 +208,7 @@ class Node:
         self.invites = Invites(self)
         self.invites.register()
         self.mail = Mail(self)
+        CardUpdates(self).register()
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
         self._upgrades: set[asyncio.Task[None]] = set()
