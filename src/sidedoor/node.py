@@ -79,6 +79,20 @@ RACE_STAGGER = 0.25
 UPGRADE_DRAIN_SECONDS = 3600
 
 
+def _check_port_free(host: str, port: int) -> None:
+    """Raise OSError(EADDRINUSE) if something listens on ``port``.
+
+    The node listens with SO_REUSEPORT (its outgoing dials share the port, see
+    `net.sockets`), which would also let a second node of the same user listen on the
+    same port and split the connections with the first: this probe, without
+    SO_REUSEPORT, fails where a listener already is.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
+
+
 def classify_path(host: str) -> str:
     """How a direct address is reached, in the words `status` and `ping` use."""
     try:
@@ -260,6 +274,8 @@ class Node:
     async def _listen(self, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         try:
+            if port:
+                _check_port_free(self.host, port)
             return await loop.create_server(self._accept, self.host, port, reuse_address=True,
                                             reuse_port=True)
         except OSError as exc:
