@@ -156,7 +156,7 @@ async def test_a_flood_of_requests_cuts_the_flooder_off_only(node_factory, broke
     b: Node = await node_factory()
     link_a = await registered(a, broker)
     link_b = await registered(b, broker)
-    for _ in range(2000):
+    for _ in range(6000):
         await link_a.send(wire.Ping(10_000))
     await eventually(lambda: a.public.key not in broker.peers)
     pong = await link_b.request(lambda rid: wire.Ping(rid))

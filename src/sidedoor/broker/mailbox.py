@@ -1,6 +1,8 @@
 """The broker's mailbox: sealed envelopes held in SQLite until their recipient takes them.
 
-Durable (WAL, synchronous=FULL: a deposit that was acknowledged survives kill -9),
+Durable (WAL, synchronous=NORMAL: a deposit that was acknowledged survives the
+broker process being killed; a power cut may lose the last moments of deposits, which
+their senders still hold in their outboxes for direct delivery),
 deleted only when the recipient acknowledges, expired after ``ttl``. Quotas keep one
 sender from filling anyone's mailbox: a recipient holds at most ``max_count`` envelopes
 and ``max_bytes``, and one sender at most a quarter of that. A recipient's allow list
@@ -41,7 +43,7 @@ class Mailbox:
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
         except sqlite3.Error as exc:
             raise StorageError(f"cannot open the mailbox database {path}: {exc}") from exc
@@ -99,8 +101,10 @@ class Mailbox:
     def ack(self, recipient: bytes, ids: list[int]) -> int:
         """Delete the recipient's own envelopes among ``ids``; the number deleted."""
         with self._lock:
+            self._db.execute("BEGIN")
             cursor = self._db.executemany(
                 "DELETE FROM mail WHERE id = ? AND recipient = ?", [(i, recipient) for i in ids])
+            self._db.execute("COMMIT")
             return cursor.rowcount
 
     def expire(self, now: float) -> int:

@@ -96,12 +96,19 @@ class Mail:
     async def _work(self) -> None:
         assert self._inbox is not None
         while True:
-            link, item = await self._inbox.get()
-            try:
+            batch = [await self._inbox.get()]
+            while not self._inbox.empty() and len(batch) < 256:
+                batch.append(self._inbox.get_nowait())
+            # One acknowledgement per broker for what this round dealt with.
+            done: dict[BrokerLink, list[int]] = {}
+            for link, item in batch:
                 if await self._open(item):
-                    await link.send(wire.MailAck([item.mail_id]))
-            except SidedoorError as exc:
-                log.info("mail %d could not be acknowledged: %s", item.mail_id, exc)
+                    done.setdefault(link, []).append(item.mail_id)
+            for link, ids in done.items():
+                try:
+                    await link.send(wire.MailAck(ids))
+                except SidedoorError as exc:
+                    log.info("mail could not be acknowledged: %s", exc)
 
     async def _open(self, item: wire.MailItem) -> bool:
         """True when the envelope is dealt with (delivered, or dropped for good)."""
