@@ -161,9 +161,10 @@ def encode(frame: Frame) -> bytes:
 def decode(data: bytes | memoryview) -> Frame:
     """One frame; `MessageError` for anything malformed (invalid UTF-8 included)."""
     try:
-        return _frame_decoder.decode(data)
+        frame: Frame = _frame_decoder.decode(data)
     except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
         raise MessageError(f"malformed chat frame: {exc}") from exc
+    return frame
 
 
 # ------------------------------------------------------------- validation
@@ -255,7 +256,7 @@ def check_update_shape(update: RoomUpdate) -> None:
     _need(update.version >= 1, "room versions start at 1")
     _need(0 < len(update.name) <= MAX_ROOM_NAME and update.name.strip() == update.name,
           f"a room name is 1 to {MAX_ROOM_NAME} characters")
-    _need(0 < len(update.admins) and set(update.admins) <= set(update.members),
+    _need(len(update.admins) > 0 and set(update.admins) <= set(update.members),
           "a room has at least one admin, and admins are members")
     _need(len(update.members) <= MAX_ROOM_MEMBERS,
           f"a room has at most {MAX_ROOM_MEMBERS} members")
