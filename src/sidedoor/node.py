@@ -43,6 +43,7 @@ from sidedoor.net.mdns import Discovery, DiscoveryEvent, PeerJoined, PeerLeft, P
 from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
+from sidedoor.services.chat import Chat
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
@@ -199,6 +200,8 @@ class Node:
         self.invites = Invites(self)
         self.invites.register()
         self.mail = Mail()
+        self.chat = Chat(self)
+        self.chat.register()
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -235,6 +238,7 @@ class Node:
             if self._remember_port:
                 await db.run(db.set_setting, "port", str(self.port))
             await self._start_discovery()
+            await self.chat.start()
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:

@@ -150,6 +150,13 @@ class Ack(msgspec.Struct, tag="ack", array_like=True, frozen=True):
 Request = Message | Receipt | RoomUpdate | Leave | SyncRequest
 Frame = Message | Receipt | RoomUpdate | Leave | SyncRequest | SyncResponse | Ack
 
+def ref(frame: Request) -> bytes:
+    """What the answer to ``frame`` names it by: its id (a room update: room and version)."""
+    if isinstance(frame, RoomUpdate):
+        return frame.room + frame.version.to_bytes(8, "big")
+    return frame.id
+
+
 _encoder = msgspec.msgpack.Encoder()
 _frame_decoder = msgspec.msgpack.Decoder(Frame)
 
