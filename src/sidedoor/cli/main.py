@@ -15,6 +15,7 @@ import click
 from rich.table import Table
 
 from sidedoor import __version__
+from sidedoor.cli import chat as chat_cli
 from sidedoor.cli import people
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
 from sidedoor.cli.demo import demo_command
@@ -315,6 +316,7 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 
 
 people.register(cli)
+chat_cli.register(cli)
 cli.add_command(demo_command)
 
 
