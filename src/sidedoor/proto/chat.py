@@ -174,6 +174,39 @@ def decode(data: bytes | memoryview) -> Frame:
     return frame
 
 
+class FrameSplitter:
+    """Cuts a channel's byte stream into length-prefixed frames (4-byte big-endian length).
+
+    Whatever arrived is fed in; every complete frame comes out at once, so a busy
+    channel is handled in batches. A length over ``limit`` raises `MessageError`
+    before anything of the frame is buffered.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._buf = bytearray()
+
+    def feed(self, data: bytes | memoryview) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        pos, end = 0, len(buf)
+        while end - pos >= 4:
+            size = int.from_bytes(buf[pos : pos + 4], "big")
+            if size > self.limit:
+                raise MessageError(f"a {size}-byte chat frame; the limit is {self.limit}")
+            if end - pos - 4 < size:
+                break
+            frames.append(bytes(buf[pos + 4 : pos + 4 + size]))
+            pos += 4 + size
+        del buf[:pos]
+        return frames
+
+    @property
+    def pending(self) -> int:
+        return len(self._buf)
+
+
 # ------------------------------------------------------------- validation
 
 def _need(ok: bool, reason: str) -> None:

@@ -29,7 +29,7 @@ Rooms
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import os
 import time
@@ -67,69 +67,79 @@ Via = Literal["direct", "mail", "sync"]
 REACH_TIMEOUT = 5.0
 ACK_TIMEOUT = 30.0
 SYNC_TIMEOUT = 30.0
-LINK_IDLE = 24 * 3600.0  # a link lives as long as its session; keepalives watch the session
 BATCH = 1000             # frames written before waiting for their answers
 MAX_COURIER_ROUNDS = 10_000
 MAX_SYNC_ROUNDS = 100
 CATCH_UP_PARALLEL = 8
 RETRY_FIRST = 2.0        # an unreachable peer is tried again after this, doubling...
 RETRY_MAX = 300.0        # ...up to this
-SERVE_QUEUE = 2048
+INDEX_DELAY = 1.0        # new messages join the search index in bulk, this long after
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@functools.lru_cache(maxsize=4096)
+def address_of(key: bytes) -> str:
+    """A key's address (cached: every event and listing names people by it)."""
+    return PublicIdentity(key).address
+
+
 class Link:
-    """Our ``chat`` channel to one peer: requests go out, answers come back by id."""
+    """Our ``chat`` channel to one peer: requests go out, answers come back in order.
+
+    The peer answers every request in the order it was sent, so answers are matched
+    to a batch of requests by position (and checked by id): one future per batch.
+    """
 
     def __init__(self, chat: Chat, conn: Connection, stream: ChannelStream) -> None:
         self.conn = conn
         self.stream = stream
-        self.waiting: dict[bytes, asyncio.Future[Frame]] = {}
+        # (the refs of a batch, the answers so far, the future of the whole batch)
+        self.waiting: deque[tuple[list[bytes], list[Frame], asyncio.Future[list[Frame]]]] = (
+            deque())
         self.closed = False
         chat.spawn(self._read())
 
     async def _read(self) -> None:
-        reason = "the chat channel ended"
+        splitter = wire.FrameSplitter(wire.MAX_SYNC_FRAME)
         try:
-            while True:
-                data = await self.stream.read_message(wire.MAX_SYNC_FRAME, LINK_IDLE)
-                if data is None:
-                    break
-                frame = wire.decode(data)
-                if not isinstance(frame, Ack | SyncResponse):
-                    raise MessageError(f"a {type(frame).__name__} where an answer was due")
-                fut = self.waiting.pop(frame.id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(frame)
+            while chunk := await self.stream.read():
+                for data in splitter.feed(chunk):
+                    frame = wire.decode(data)
+                    if not isinstance(frame, Ack | SyncResponse):
+                        raise MessageError(f"a {type(frame).__name__} where an answer was due")
+                    if not self.waiting:
+                        raise MessageError("an answer to nothing we asked")
+                    refs, answers, fut = self.waiting[0]
+                    if frame.id != refs[len(answers)]:
+                        raise MessageError("an answer out of order")
+                    answers.append(frame)
+                    if len(answers) == len(refs):
+                        self.waiting.popleft()
+                        if not fut.done():
+                            fut.set_result(answers)
         except (SidedoorError, TimeoutError) as exc:
-            reason = str(exc)
             log.info("chat link to %s closed: %s", self.conn.peername, exc)
         finally:
             self.closed = True
             self.stream.reset("done")
-            for fut in self.waiting.values():
+            for _, answers, fut in self.waiting:
                 if not fut.done():
-                    fut.set_exception(ChatError(f"the chat channel closed: {reason}"))
-                    fut.exception()
+                    # What was answered counts; the rest is unanswered.
+                    fut.set_result(answers)
             self.waiting.clear()
 
-    async def send(self, items: Iterable[tuple[bytes, bytes]]) -> list[asyncio.Future[Frame]]:
-        """Write (ref, frame) requests in one go; one future per answer."""
+    async def send(self, items: list[tuple[bytes, bytes]]) -> asyncio.Future[list[Frame]]:
+        """Write (ref, frame) requests in one go; the future gets their answers, in order
+        (fewer than asked if the channel closed first)."""
         if self.closed:
             raise ChatError("the chat channel is closed")
-        loop = asyncio.get_running_loop()
-        futures = []
-        buf = bytearray()
-        for ref, data in items:
-            fut: asyncio.Future[Frame] = loop.create_future()
-            self.waiting[ref] = fut
-            futures.append(fut)
-            buf += encode_message(data)
-        await self.stream.write(buf)
-        return futures
+        fut: asyncio.Future[list[Frame]] = asyncio.get_running_loop().create_future()
+        self.waiting.append(([ref for ref, _ in items], [], fut))
+        await self.stream.write(b"".join(encode_message(data) for _, data in items))
+        return fut
 
 
 class Courier:
@@ -207,35 +217,33 @@ class Courier:
         """Send a batch and settle the answers; returns what went unanswered."""
         chat = self.chat
         try:
-            futures = await link.send((item.ref, item.frame) for item in batch)
+            fut = await link.send([(item.ref, item.frame) for item in batch])
             async with asyncio.timeout(ACK_TIMEOUT):
-                answers: list[Frame | BaseException] = await asyncio.gather(
-                    *futures, return_exceptions=True)
+                answers = await fut
         except (SidedoorError, TimeoutError) as exc:
             log.info("chat: delivery to %s broke off: %s", PublicIdentity(self.peer).short, exc)
             return batch
         stored: list[bytes] = []
         refused: list[tuple[bytes, str]] = []
-        unanswered: list[OutItem] = []
-        for item, answer in zip(batch, answers, strict=True):
+        unanswered: list[OutItem] = batch[len(answers):]
+        for item, answer in zip(batch, answers, strict=False):
             if isinstance(answer, Ack):
                 self.refs.discard(item.ref)
                 if answer.status == "stored":
                     stored.append(item.ref)
                 else:
                     refused.append((item.ref, answer.reason or "refused"))
-            else:
-                unanswered.append(item)
         delivered, failed = await chat.db_run(chat.store.settle, self.peer, stored, refused,
                                               now_ms())
-        by = PublicIdentity(self.peer).address
-        for m in delivered:
-            chat.emit("chat.delivered", id=m.id.hex(), conversation=m.conversation.hex(), by=by)
+        by = address_of(self.peer)
+        if chat.watched:
+            for mid, conv in delivered:
+                chat.emit("chat.delivered", id=mid.hex(), conversation=conv.hex(), by=by)
         reasons = dict(refused)
-        for m in failed:
-            log.info("chat: %s refused message %s: %s", by, m.id.hex(), reasons[m.id])
-            chat.emit("chat.failed", id=m.id.hex(), conversation=m.conversation.hex(), by=by,
-                      reason=reasons[m.id])
+        for mid, conv in failed:
+            log.info("chat: %s refused message %s: %s", by, mid.hex(), reasons[mid])
+            chat.emit("chat.failed", id=mid.hex(), conversation=conv.hex(), by=by,
+                      reason=reasons[mid])
         return unanswered
 
     async def _mail_and_park(self, also: list[OutItem]) -> None:
@@ -284,6 +292,7 @@ class _Batcher:
                 try:
                     await self.chat.db_run(self.chat.store.store_outgoing,
                                            [item for item, _ in batch], now_ms())
+                    self.chat.stored()
                 except BaseException as exc:
                     for _, fut in batch:
                         if not fut.done():
@@ -317,6 +326,7 @@ class Chat:
         self._online: dict[bytes, set[Connection]] = {}
         self._batcher = _Batcher(self)
         self._syncing: set[tuple[bytes, bytes]] = set()
+        self._index_timer: asyncio.TimerHandle | None = None
 
     def register(self) -> None:
         self.node.add_channel_handler(wire.KIND, self._serve)
@@ -376,6 +386,22 @@ class Chat:
     async def db_run(self, fn: Any, *args: Any) -> Any:
         assert self.node.db is not None
         return await self.node.db.run(fn, *args)
+
+    def stored(self) -> None:
+        """Messages were stored: index them for search a moment later, in one go."""
+        if self._index_timer is None and not self.stopping:
+            self._index_timer = asyncio.get_running_loop().call_later(
+                INDEX_DELAY, self._index_now)
+
+    def _index_now(self) -> None:
+        self._index_timer = None
+        if not self.stopping:
+            self.spawn(self.db_run(self.store.index))
+
+    @property
+    def watched(self) -> bool:
+        """Someone follows the event stream (else events are not worth building)."""
+        return bool(self.node.events._queues)
 
     def emit(self, kind: str, **data: Any) -> None:
         self.node.events.emit(kind, **data)
@@ -481,7 +507,8 @@ class Chat:
                                sent_at, sent_at, sent_at, text, reply_to or None,
                                msg.attachments, True, "pending" if recipients else "sent", None,
                                msg.signature or None)
-        self.emit("chat.message", message=self.describe(stored))
+        if self.watched:
+            self.emit("chat.message", message=self.describe(stored))
         for peer in recipients:
             self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)])
         return stored
@@ -521,50 +548,19 @@ class Chat:
 
     # ------------------------------------------------------------ receiving
     async def _serve(self, remote: PublicIdentity, stream: ChannelStream) -> None:
-        """A peer's chat channel: its requests, answered in order, processed in batches."""
-        queue: asyncio.Queue[Request | Exception | None] = asyncio.Queue(SERVE_QUEUE)
-
-        async def read() -> None:
-            try:
-                while True:
-                    data = await stream.read_message(wire.MAX_FRAME, LINK_IDLE)
-                    if data is None:
-                        break
-                    frame = wire.decode(data)
-                    if isinstance(frame, Ack | SyncResponse):
-                        raise MessageError(f"a {type(frame).__name__} where a request was due")
-                    await queue.put(frame)
-            except Exception as exc:
-                await queue.put(exc)
-                return
-            await queue.put(None)
-
-        reader = asyncio.get_running_loop().create_task(read())
-        try:
-            while True:
-                batch: list[Request] = []
-                end: Exception | Literal[False] | None = False
-                item = await queue.get()
-                while True:
-                    if item is None or isinstance(item, Exception):
-                        end = item
-                        break
-                    batch.append(item)
-                    if queue.empty() or len(batch) >= BATCH:
-                        break
-                    item = queue.get_nowait()
-                if batch:
-                    replies = await self.receive(remote, batch, "direct")
-                    await stream.write(b"".join(encode_message(wire.encode(r)) for r in replies))
-                if end is None:
-                    stream.end()
-                    return
-                if isinstance(end, Exception):
-                    raise end
-        finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+        """A peer's chat channel: its requests, answered in order, a batch per read."""
+        splitter = wire.FrameSplitter(wire.MAX_FRAME)
+        while chunk := await stream.read():
+            batch: list[Request] = []
+            for data in splitter.feed(chunk):
+                frame = wire.decode(data)
+                if isinstance(frame, Ack | SyncResponse):
+                    raise MessageError(f"a {type(frame).__name__} where a request was due")
+                batch.append(frame)
+            if batch:
+                replies = await self.receive(remote, batch, "direct")
+                await stream.write(b"".join(encode_message(wire.encode(r)) for r in replies))
+        stream.end()
 
     async def _on_mail(self, sender: PublicIdentity, payload: bytes) -> None:
         """A frame from a broker's mailbox; the mail layer checked who sealed it."""
@@ -617,12 +613,15 @@ class Chat:
         if to_store:
             new: list[StoredMessage] = await self.db_run(
                 self.store.store_incoming, [(m, conv) for _, m, conv in to_store], now)
+            if new:
+                self.stored()
             for i, msg, _ in to_store:
                 replies[i] = Ack(msg.id, "stored")
             receipts: dict[tuple[bytes, bytes], list[bytes]] = {}
             for m in new:
                 self._seen(m.conversation, m.order_at)
-                self.emit("chat.message", message=self.describe(m))
+                if self.watched:
+                    self.emit("chat.message", message=self.describe(m))
                 if via != "direct" or m.sender != sender.key:
                     # No Ack reaches the author this way: a receipt tells it instead.
                     receipts.setdefault((m.sender, m.conversation), []).append(m.id)
@@ -638,6 +637,8 @@ class Chat:
     def _check_incoming(self, sender: PublicIdentity, msg: Message, via: Via) -> bytes:
         """The conversation ``msg`` belongs to; `ChatRefused` if it must not be taken."""
         wire.check_message(msg)
+        if msg.sender == self.me:
+            raise ChatRefused("this node wrote that message itself")
         if not msg.is_room:
             if msg.sender != sender.key:
                 raise ChatRefused("the message names another sender than the one who sent it")
@@ -816,11 +817,12 @@ class Chat:
                 have = await self.db_run(self.store.have, room_id)
                 request = SyncRequest(os.urandom(wire.ID_LEN), room_id, version, tuple(have))
                 link = await self.link(peer)
-                (fut,) = await link.send([(request.id, wire.encode(request))])
+                fut = await link.send([(request.id, wire.encode(request))])
                 async with asyncio.timeout(SYNC_TIMEOUT):
-                    answer = await fut
-                if not isinstance(answer, SyncResponse):
+                    answers = await fut
+                if not answers or not isinstance(answers[0], SyncResponse):
                     return total
+                answer = answers[0]
                 if answer.updates:
                     state, applied = wire.apply_chain(room.state if room else None,
                                                       answer.updates)
@@ -850,9 +852,9 @@ class Chat:
             "id": m.id.hex(),
             "conversation": m.conversation.hex(),
             "kind": m.kind,
-            "peer": PublicIdentity(m.conversation).address if m.kind == "direct" else None,
+            "peer": address_of(m.conversation) if m.kind == "direct" else None,
             "room": room.state.name if room is not None else None,
-            "sender": PublicIdentity(m.sender).address,
+            "sender": address_of(m.sender),
             "sender_name": (self.node.display_name if m.sender == self.me
                             else m.sender_name or PublicIdentity(m.sender).short),
             "mine": m.mine,

@@ -7,7 +7,6 @@ how a busy conversation stays at thousands of messages a second.
 
 from __future__ import annotations
 
-import dataclasses
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -88,6 +87,9 @@ class ChatStore:
     def __init__(self, db: Database, me: bytes) -> None:
         self.db = db
         self.me = me
+        # (conversation, sender) -> (highest seq stored, its order_at): a message that
+        # comes next in its sender's order needs no look-back and moves nothing.
+        self._tips: dict[tuple[bytes, bytes], tuple[int, int]] = {}
 
     def _call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         return self.db.call(fn)
@@ -145,27 +147,32 @@ class ChatStore:
                        now: int) -> None:
         """Our messages, and their frames for each recipient's outbox, in one transaction."""
         def run(conn: sqlite3.Connection) -> None:
+            clocks: dict[bytes, tuple[int, int]] = {}
+            for msg, _ in items:
+                seq, newest = clocks.get(msg.to, (0, 0))
+                clocks[msg.to] = (max(seq, msg.seq + 1), max(newest, msg.sent_at))
             with self._transaction(conn):
-                for msg, outbox in items:
-                    room = msg.to if msg.is_room else None
-                    conn.execute(
-                        "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
-                        "received_at, order_at, text, reply_to, attachments, signature, mine, "
-                        "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                        (msg.id, msg.to, msg.sender, msg.seq, msg.sent_at, now, msg.sent_at,
-                         msg.text, msg.reply_to or None,
-                         wire._encoder.encode(msg.attachments) if msg.attachments else None,
-                         msg.signature or None, "pending" if outbox else "sent"))
-                    conn.execute(
-                        "INSERT INTO chat_conversations (id, kind, next_seq, newest_at) "
-                        "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                        "next_seq = max(next_seq, excluded.next_seq), "
-                        "newest_at = max(newest_at, excluded.newest_at)",
-                        (msg.to, "room" if room else "direct", msg.seq + 1, msg.sent_at))
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, created_at) "
-                        "VALUES (?, ?, ?, ?, ?)",
-                        [(peer, msg.id, room, frame, now) for peer, frame in outbox])
+                conn.executemany(
+                    "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
+                    "received_at, order_at, text, reply_to, attachments, signature, mine, "
+                    "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+                    [(msg.id, msg.to, msg.sender, msg.seq, msg.sent_at, now, msg.sent_at,
+                      msg.text, msg.reply_to or None,
+                      wire._encoder.encode(msg.attachments) if msg.attachments else None,
+                      msg.signature or None, "pending" if outbox else "sent")
+                     for msg, outbox in items])
+                conn.executemany(
+                    "INSERT INTO chat_conversations (id, kind, next_seq, newest_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+                    "next_seq = max(next_seq, excluded.next_seq), "
+                    "newest_at = max(newest_at, excluded.newest_at)",
+                    [(conv, "room" if len(conv) == wire.ID_LEN else "direct", seq, newest)
+                     for conv, (seq, newest) in clocks.items()])
+                conn.executemany(
+                    "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(peer, msg.id, msg.to if msg.is_room else None, frame, now)
+                     for msg, outbox in items for peer, frame in outbox])
         self._call(run)
 
     def queue(self, items: list[tuple[bytes, bytes, bytes | None, bytes]], now: int) -> None:
@@ -191,30 +198,53 @@ class ChatStore:
             [(peer, ref) for ref in refs]))
 
     def settle(self, peer: bytes, stored: list[bytes], refused: list[tuple[bytes, str]],
-               now: int) -> tuple[list[StoredMessage], list[StoredMessage]]:
+               now: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
         """The peer answered: drop those frames from its outbox and record what happened
-        to our messages among them. Returns (messages now delivered, messages refused)."""
-        def run(conn: sqlite3.Connection) -> tuple[list[StoredMessage], list[StoredMessage]]:
+        to our messages among them. Returns (id, conversation) of our messages now
+        delivered, and of those refused."""
+        def run(conn: sqlite3.Connection
+                ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
             with self._transaction(conn):
                 conn.executemany("DELETE FROM chat_outbox WHERE peer = ? AND ref = ?",
                                  [(peer, ref) for ref in stored]
                                  + [(peer, ref) for ref, _ in refused])
-                delivered = self._mine(conn, stored)
-                for m in delivered:
-                    if m.kind == "direct":
-                        conn.execute("UPDATE chat_messages SET state = 'delivered' WHERE id = ? "
-                                     "AND state IN ('pending', 'sent')", (m.id,))
-                    else:
-                        conn.execute("INSERT OR IGNORE INTO chat_receipts VALUES (?, ?, ?, ?)",
-                                     (m.id, peer, "delivered", now))
+                delivered = self._ours(conn, stored)
+                direct = [mid for mid, conv in delivered if len(conv) == wire.KEY_LEN]
+                for i in range(0, len(direct), 500):
+                    chunk = direct[i : i + 500]
+                    conn.execute(
+                        "UPDATE chat_messages SET state = 'delivered' WHERE state IN "
+                        f"('pending', 'sent') AND id IN ({','.join('?' * len(chunk))})", chunk)
+                conn.executemany("INSERT OR IGNORE INTO chat_receipts VALUES (?, ?, ?, ?)",
+                                 [(mid, peer, "delivered", now) for mid, conv in delivered
+                                  if len(conv) == wire.ID_LEN])
                 reasons = dict(refused)
-                failed = self._mine(conn, list(reasons))
-                for m in failed:
-                    if m.kind == "direct":
-                        conn.execute("UPDATE chat_messages SET state = 'failed', error = ? "
-                                     "WHERE id = ?", (reasons[m.id][:wire.MAX_REASON], m.id))
+                failed = self._ours(conn, list(reasons))
+                conn.executemany(
+                    "UPDATE chat_messages SET state = 'failed', error = ? WHERE id = ?",
+                    [(reasons[mid][: wire.MAX_REASON], mid) for mid, conv in failed
+                     if len(conv) == wire.KEY_LEN])
             return delivered, failed
         return self._call(run)
+
+    def _ours(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[tuple[bytes, bytes]]:
+        """(id, conversation) of those of ``ids`` that are our messages."""
+        found: list[tuple[bytes, bytes]] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            found.extend((bytes(r[0]), bytes(r[1])) for r in conn.execute(
+                "SELECT id, conversation FROM chat_messages WHERE mine = 1 AND id IN "
+                f"({','.join('?' * len(chunk))})", chunk))
+        return found
+
+    def _existing(self, conn: sqlite3.Connection, ids: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            found.update(bytes(r[0]) for r in conn.execute(
+                f"SELECT id FROM chat_messages WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk))
+        return found
 
     def _mine(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[StoredMessage]:
         found: list[StoredMessage] = []
@@ -236,16 +266,52 @@ class ChatStore:
         sender's later messages that would fall below this one.
         """
         def run(conn: sqlite3.Connection) -> list[StoredMessage]:
-            new: list[StoredMessage] = []
+            new: list[tuple[Message, bytes, int]] = []
+            known = self._existing(conn, [m.id for m, _ in messages])
+            newest: dict[bytes, int] = {}
+            tips = dict(self._tips)
+            try:
+                return _store(conn, known, newest, new)
+            except BaseException:
+                self._tips = tips  # rolled back: so is what we learnt
+                raise
+
+        def _store(conn: sqlite3.Connection, known: set[bytes], newest: dict[bytes, int],
+                   new: list[tuple[Message, bytes, int]]) -> list[StoredMessage]:
             with self._transaction(conn):
                 for msg, conv in messages:
-                    if conn.execute("SELECT 1 FROM chat_messages WHERE id = ?",
-                                    (msg.id,)).fetchone():
+                    if msg.id in known:
                         continue
-                    floor = conn.execute(
-                        "SELECT max(order_at) FROM chat_messages WHERE conversation = ? "
-                        "AND sender = ? AND seq < ?", (conv, msg.sender, msg.seq)).fetchone()[0]
-                    order_at = max(wire.effective_time(msg.sent_at, now), floor or 0)
+                    known.add(msg.id)
+                    key = (conv, msg.sender)
+                    tip = self._tips.get(key)
+                    if tip is None:
+                        row = conn.execute(
+                            "SELECT seq, order_at FROM chat_messages INDEXED BY "
+                            "chat_messages_sender WHERE conversation = ? AND sender = ? "
+                            "ORDER BY seq DESC LIMIT 1", key).fetchone()
+                        tip = (row[0], row[1]) if row else (0, 0)
+                    effective = wire.effective_time(msg.sent_at, now)
+                    if msg.seq > tip[0]:
+                        order_at = max(effective, tip[1])
+                        tip = (msg.seq, order_at)
+                    else:
+                        # A gap filled late: order_at never falls as seq grows, so the
+                        # floor is the previous seq's, and later ones may have to rise.
+                        row = conn.execute(
+                            "SELECT order_at FROM chat_messages INDEXED BY chat_messages_sender "
+                            "WHERE conversation = ? AND sender = ? AND seq < ? "
+                            "ORDER BY seq DESC LIMIT 1", (conv, msg.sender, msg.seq)).fetchone()
+                        order_at = max(effective, row[0] if row else 0)
+                        conn.execute(
+                            "UPDATE chat_messages INDEXED BY chat_messages_sender "
+                            "SET order_at = ? WHERE conversation = ? AND sender = ? "
+                            "AND seq > ? AND order_at < ?",
+                            (order_at, conv, msg.sender, msg.seq, order_at))
+                        tip = (tip[0], max(tip[1], order_at))
+                    if len(self._tips) > 10_000:
+                        self._tips.clear()
+                    self._tips[key] = tip
                     attachments = (wire._encoder.encode(msg.attachments)
                                    if msg.attachments else None)
                     conn.execute(
@@ -254,26 +320,21 @@ class ChatStore:
                         "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'unread')",
                         (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
                          msg.text, msg.reply_to or None, attachments, msg.signature or None))
-                    conn.execute(
-                        "UPDATE chat_messages SET order_at = ? WHERE conversation = ? AND "
-                        "sender = ? AND seq > ? AND order_at < ?",
-                        (order_at, conv, msg.sender, msg.seq, order_at))
-                    conn.execute(
-                        "INSERT INTO chat_conversations (id, kind, newest_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT(id) DO UPDATE SET "
-                        "newest_at = max(newest_at, excluded.newest_at)",
-                        (conv, "room" if len(conv) == wire.ID_LEN else "direct", order_at))
-                    new.append(StoredMessage(
-                        msg.id, conv, msg.sender, None, msg.seq, msg.sent_at, now, order_at,
-                        msg.text, msg.reply_to or None, msg.attachments, False, "unread", None,
-                        msg.signature or None))
-            if new:
-                names = dict(conn.execute(
-                    "SELECT identity, petname FROM contacts WHERE identity IN "
-                    f"({','.join('?' * len({m.sender for m in new}))})",
-                    list({m.sender for m in new})).fetchall())
-                new = [dataclasses.replace(m, sender_name=names.get(m.sender)) for m in new]
-            return new
+                    newest[conv] = max(newest.get(conv, 0), order_at)
+                    new.append((msg, conv, order_at))
+                conn.executemany(
+                    "INSERT INTO chat_conversations (id, kind, newest_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET newest_at = max(newest_at, excluded.newest_at)",
+                    [(conv, "room" if len(conv) == wire.ID_LEN else "direct", at)
+                     for conv, at in newest.items()])
+            senders = list({msg.sender for msg, _, _ in new})
+            names = dict(conn.execute(
+                "SELECT identity, petname FROM contacts WHERE identity IN "
+                f"({','.join('?' * len(senders))})", senders).fetchall()) if senders else {}
+            return [StoredMessage(
+                msg.id, conv, msg.sender, names.get(msg.sender), msg.seq, msg.sent_at, now,
+                order_at, msg.text, msg.reply_to or None, msg.attachments, False, "unread",
+                None, msg.signature or None) for msg, conv, order_at in new]
         return self._call(run)
 
     def apply_receipt(self, peer: bytes, receipt: wire.Receipt, now: int) -> list[bytes]:
@@ -333,11 +394,29 @@ class ChatStore:
             f"SELECT {_MSG_COLUMNS} FROM {_MSG_FROM} WHERE m.id = ?", (mid,)).fetchone())
         return None if row is None else _message(row)
 
+    def index(self) -> int:
+        """Add the messages stored since the last call to the search index; how many."""
+        def run(conn: sqlite3.Connection) -> int:
+            with self._transaction(conn):
+                (done,) = conn.execute(
+                    "SELECT indexed_rowid FROM chat_search_state WHERE id = 1").fetchone()
+                (last,) = conn.execute("SELECT coalesce(max(rowid), 0) FROM chat_messages"
+                                       ).fetchone()
+                if last <= done:
+                    return 0
+                conn.execute("INSERT INTO chat_search (rowid, text) SELECT rowid, text "
+                             "FROM chat_messages WHERE rowid > ? AND rowid <= ?", (done, last))
+                conn.execute("UPDATE chat_search_state SET indexed_rowid = ? WHERE id = 1",
+                             (last,))
+                return int(last - done)
+        return self._call(run)
+
     def search(self, query: str, limit: int = 50) -> list[StoredMessage]:
         """Full-text search (FTS5) over every conversation; the words are matched as words."""
         terms = [t for t in query.replace('"', " ").split() if t]
         if not terms:
             raise ChatError("give some words to search for")
+        self.index()
         match = " ".join(f'"{t}"' for t in terms)
         rows = self._call(lambda c: c.execute(
             f"SELECT {_MSG_COLUMNS} FROM chat_search s JOIN chat_messages m "
