@@ -14,7 +14,8 @@ Measures
   * CPU time per message of each node in the throughput run (the receiver's from
     /proc, the sender's process time, which includes this script's loop).
 
-Next to them, the same measures for a plain asyncio TCP echo of 100-byte messages
+The control API's own round trip (GET /v1/status) is measured alongside, as the
+floor under the chat round trip. Next to them, the same measures for a plain asyncio TCP echo of 100-byte messages
 between two processes (no encryption, no storage): the ceiling any chat over
 Python sockets has here. Only 127.0.0.1 is used.
 """
@@ -61,7 +62,8 @@ def pct(values: list[float], p: float) -> float:
 # ------------------------------------------------------------------ sidedoor
 
 async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, count: int
-                       ) -> list[float]:
+                       ) -> tuple[list[float], list[float]]:
+    """Chat round trips, and (the floor under them) bare control API round trips."""
     async with ControlClient(sender) as a, ControlClient(receiver) as b:
         seen: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
@@ -74,6 +76,7 @@ async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, coun
         await asyncio.sleep(0.3)
         path = f"/v1/chat/conversations/{receiver_address}/messages"
         times = []
+        api_times = []
         try:
             for i in range(count + 100):
                 text = f"{i} {TEXT}"
@@ -83,11 +86,14 @@ async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, coun
                     got, t1 = await asyncio.wait_for(seen.get(), 10)
                     if got == text:
                         break
+                t2 = time.perf_counter()
+                await a.call("GET", "/v1/status")
                 if i >= 100:  # warm-up
                     times.append(t1 - t0)
+                    api_times.append(time.perf_counter() - t2)
         finally:
             watcher.cancel()
-        return times
+        return times, api_times
 
 
 async def throughput_sidedoor(sender_home: Path, receiver_pid: int, receiver_address: str,
@@ -199,7 +205,7 @@ def main() -> None:
             link = json.loads(sd(alice, "invite", "--link", "--json"))["link"]
             sd(bob, "join", link)
             bob_status: dict[str, Any] = json.loads(sd(bob, "status", "--json"))
-            rtts = asyncio.run(rtt_sidedoor(alice, bob, bob_status["address"], args.rtt))
+            rtts, api = asyncio.run(rtt_sidedoor(alice, bob, bob_status["address"], args.rtt))
             # Throughput: Alice's node, now in this process, writes to Bob (a real process).
             sd(alice, "down")
             tput = asyncio.run(throughput_sidedoor(alice, int(bob_status["pid"]),
@@ -224,7 +230,10 @@ def main() -> None:
     print(f"  {'CPU per message, receiver node, us':<44}{tput['cpu_rx_us']:>12.1f}")
     print(f"  {'CPU per message, sender node + driver, us':<44}{tput['cpu_tx_us']:>12.1f}")
     print(f"\n  round trip mean {statistics.mean(rtts) * 1e3:.2f} ms, "
-          f"max {max(rtts) * 1e3:.2f} ms")
+          f"max {max(rtts) * 1e3:.2f} ms; the control API alone (GET /v1/status): "
+          f"p50 {pct(api, 0.5) * 1e3:.2f} ms, p99 {pct(api, 0.99) * 1e3:.2f} ms")
+    print(f"  machine load average while measuring: {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs")
 
 
 if __name__ == "__main__":

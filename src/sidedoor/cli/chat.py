@@ -29,7 +29,8 @@ from sidedoor.errors import SidedoorError
 HISTORY_ON_OPEN = 30
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-MARKS = {"pending": "·", "sent": "·", "delivered": "✓", "read": "✓✓", "failed": "✗"}
+MARKS = {"pending": "·", "mailed": "✉", "sent": "·", "delivered": "✓", "read": "✓✓",
+         "failed": "✗"}
 
 
 def register(cli: click.Group) -> None:
@@ -122,7 +123,8 @@ def history_command(ctx: Context, who: str | None, since: str | None, search: st
                     limit: int, as_json: bool) -> None:
     """Show a conversation, oldest first, with what became of your messages.
 
-    Marks after your messages: · stored here, ✓ delivered, ✓✓ read, ✗ refused.
+    Marks after your messages: · stored here, ✉ in their mailbox, ✓ delivered,
+    ✓✓ read, ✗ refused.
 
     \b
     Examples:

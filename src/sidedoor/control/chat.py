@@ -33,12 +33,13 @@ reason}, ``presence.changed`` {address, online, last_seen}, ``room.changed`` {ro
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from aiohttp import web
 
-from sidedoor.errors import ChatError
-from sidedoor.identity import PublicIdentity
+from sidedoor.errors import ChatError, InvalidAddress
+from sidedoor.identity import PublicIdentity, decode_address
 from sidedoor.node import Node
 from sidedoor.proto import chat as wire
 from sidedoor.services.chat import Chat
@@ -93,6 +94,16 @@ class ChatRoutes:
         return await self.node.db.run(fn, *args)
 
     async def _resolve(self, who: str) -> tuple[bytes, str]:
+        # Scripts and the web UI name conversations by address or room id: no SQL then.
+        with contextlib.suppress(InvalidAddress):
+            key = decode_address(who)
+            if self.node.standing(key) == "contact":
+                return key, "direct"
+        if len(who) == 2 * wire.ID_LEN:
+            with contextlib.suppress(ValueError):
+                rid = bytes.fromhex(who)
+                if rid in self.chat.rooms:
+                    return rid, "room"
         assert self.node.contacts is not None
         found: tuple[bytes, str] = await self._run(self.chat.store.resolve, self.node.contacts,
                                                    who)

@@ -216,21 +216,26 @@ def _need(ok: bool, reason: str) -> None:
 
 def check_message(msg: Message) -> None:
     """Raise `ChatRefused` with the reason the sender will see if ``msg`` breaks a limit."""
-    _need(len(msg.id) == ID_LEN, "a message id is 16 bytes")
-    _need(len(msg.sender) == KEY_LEN, "a sender is a 32-byte key")
-    _need(len(msg.to) in (ID_LEN, KEY_LEN), "a message goes to a contact or a room")
-    _need(msg.seq >= 1, "sequence numbers start at 1")
-    _need(msg.sent_at >= 0, "a negative timestamp")
-    size = len(msg.text.encode("utf-8", "surrogatepass"))
-    _need(size <= MAX_TEXT_BYTES,
-          f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes of text")
-    _need(msg.text.strip() != "" or bool(msg.attachments), "an empty message")
-    _need(msg.reply_to in (b"",) or len(msg.reply_to) == ID_LEN, "reply_to is a message id")
-    _need(len(msg.attachments) <= MAX_ATTACHMENTS,
-          f"at most {MAX_ATTACHMENTS} attachments per message")
-    _need(all(0 < len(a) <= MAX_ATTACHMENT_REF for a in msg.attachments),
-          "an attachment reference is 1 to 64 bytes")
-    _need(msg.is_room or msg.signature == b"", "direct messages are not signed")
+    # Every message goes through here: the common case is decided with a few compares.
+    if not (len(msg.id) == ID_LEN and len(msg.sender) == KEY_LEN
+            and len(msg.to) in (ID_LEN, KEY_LEN) and msg.seq >= 1 and msg.sent_at >= 0):
+        _need(len(msg.id) == ID_LEN, "a message id is 16 bytes")
+        _need(len(msg.sender) == KEY_LEN, "a sender is a 32-byte key")
+        _need(len(msg.to) in (ID_LEN, KEY_LEN), "a message goes to a contact or a room")
+        _need(msg.seq >= 1, "sequence numbers start at 1")
+        _need(msg.sent_at >= 0, "a negative timestamp")
+    if len(msg.text) * 4 > MAX_TEXT_BYTES:  # else it fits whatever its characters
+        size = len(msg.text.encode("utf-8", "surrogatepass"))
+        _need(size <= MAX_TEXT_BYTES,
+              f"the message is {size} bytes; the limit is {MAX_TEXT_BYTES} bytes of text")
+    _need((not msg.text.isspace() and msg.text != "") or bool(msg.attachments), "an empty message")
+    if msg.reply_to or msg.attachments or msg.signature:
+        _need(len(msg.reply_to) in (0, ID_LEN), "reply_to is a message id")
+        _need(len(msg.attachments) <= MAX_ATTACHMENTS,
+              f"at most {MAX_ATTACHMENTS} attachments per message")
+        _need(all(0 < len(a) <= MAX_ATTACHMENT_REF for a in msg.attachments),
+              "an attachment reference is 1 to 64 bytes")
+        _need(msg.is_room or msg.signature == b"", "direct messages are not signed")
 
 
 def check_text(text: str) -> None:

@@ -154,13 +154,24 @@ class Courier:
         self.reload = False
         self.backoff = 0.0
         self._retry: asyncio.TimerHandle | None = None
+        # Frames sent before their own transaction ended: ref -> when it is stored.
+        self._ready: dict[bytes, asyncio.Future[None]] = {}
 
-    def push(self, items: Iterable[OutItem]) -> None:
+    def push(self, items: Iterable[OutItem], ready: asyncio.Future[None] | None = None
+             ) -> None:
         for item in items:
             if item.ref not in self.refs:
                 self.refs.add(item.ref)
                 self.queue.append(item)
+                if ready is not None:
+                    self._ready[item.ref] = ready
         self._start()
+
+    async def _stored(self, items: Iterable[OutItem]) -> None:
+        """Wait until these frames' rows exist, before recording what became of them."""
+        waits = {self._ready.pop(i.ref) for i in items if i.ref in self._ready}
+        if waits:
+            await asyncio.gather(*waits, return_exceptions=True)
 
     def flush(self) -> None:
         """Send everything in the database's outbox for this peer."""
@@ -223,6 +234,7 @@ class Courier:
         except (SidedoorError, TimeoutError) as exc:
             log.info("chat: delivery to %s broke off: %s", PublicIdentity(self.peer).short, exc)
             return batch
+        await self._stored(batch)
         stored: list[bytes] = []
         refused: list[tuple[bytes, str]] = []
         unanswered: list[OutItem] = batch[len(answers):]
@@ -251,6 +263,7 @@ class Courier:
         and go directly when a session with the peer opens."""
         chat = self.chat
         items = [*also, *self.queue]
+        await self._stored(items)
         self.queue.clear()
         self.refs.clear()
         self.reload = False
@@ -277,13 +290,14 @@ class _Batcher:
                                  asyncio.Future[None]]] = []
         self.running = False
 
-    async def store(self, msg: Message, outbox: list[tuple[bytes, bytes]]) -> None:
+    def submit(self, msg: Message, outbox: list[tuple[bytes, bytes]]) -> asyncio.Future[None]:
+        """Queue a message for the next transaction; the future says when it is stored."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending.append(((msg, outbox), fut))
         if not self.running:
             self.running = True
             self.chat.spawn(self._run())
-        await fut
+        return fut
 
     async def _run(self) -> None:
         try:
@@ -327,6 +341,7 @@ class Chat:
         self._batcher = _Batcher(self)
         self._syncing: set[tuple[bytes, bytes]] = set()
         self._index_timer: asyncio.TimerHandle | None = None
+        self._ids: list[bytes] = []
 
     def register(self) -> None:
         self.node.add_channel_handler(wire.KIND, self._serve)
@@ -473,6 +488,13 @@ class Chat:
         clock.newest_at = sent_at
         return seq, sent_at
 
+    def _new_id(self) -> bytes:
+        # Random bytes fetched in bulk: one system call per 256 messages, not one each.
+        if not self._ids:
+            pool = os.urandom(wire.ID_LEN * 256)
+            self._ids = [pool[i : i + wire.ID_LEN] for i in range(0, len(pool), wire.ID_LEN)]
+        return self._ids.pop()
+
     def _seen(self, conversation: bytes, order_at: int) -> None:
         clock = self._clocks.get(conversation)
         if clock is not None and order_at > clock.newest_at:
@@ -495,22 +517,25 @@ class Chat:
                                 if m != self.me and self.node.standing(m) == "contact")
             room_id = conversation
         seq, sent_at = await self._next_stamp(conversation)
-        msg = Message(os.urandom(wire.ID_LEN), self.me, conversation, seq, sent_at, text,
+        msg = Message(self._new_id(), self.me, conversation, seq, sent_at, text,
                       reply_to, tuple(attachments))
         if room_id is not None:
             assert self.node.identity is not None
             msg = wire.sign_message(self.node.identity, msg)
         wire.check_message(msg)
         data = wire.encode(msg)
-        await self._batcher.store(msg, [(peer, data) for peer in recipients])
+        # The frame leaves while the transaction runs (the courier records the answer
+        # only once it is stored); we return once it is stored here.
+        ready = self._batcher.submit(msg, [(peer, data) for peer in recipients])
+        for peer in recipients:
+            self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)], ready)
+        await asyncio.shield(ready)
         stored = StoredMessage(msg.id, conversation, self.me, self.node.display_name, seq,
                                sent_at, sent_at, sent_at, text, reply_to or None,
                                msg.attachments, True, "pending" if recipients else "sent", None,
                                msg.signature or None)
         if self.watched:
             self.emit("chat.message", message=self.describe(stored))
-        for peer in recipients:
-            self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)])
         return stored
 
     def _queue_frames(self, items: list[tuple[bytes, Request, bytes | None]]) -> None:

@@ -168,11 +168,13 @@ class ChatStore:
                     "newest_at = max(newest_at, excluded.newest_at)",
                     [(conv, "room" if len(conv) == wire.ID_LEN else "direct", seq, newest)
                      for conv, (seq, newest) in clocks.items()])
+                # A direct message waits as itself (state pending); a room message waits
+                # once per member, in the outbox.
                 conn.executemany(
                     "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, created_at) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    [(peer, msg.id, msg.to if msg.is_room else None, frame, now)
-                     for msg, outbox in items for peer, frame in outbox])
+                    [(peer, msg.id, msg.to, frame, now)
+                     for msg, outbox in items if msg.is_room for peer, frame in outbox])
         self._call(run)
 
     def queue(self, items: list[tuple[bytes, bytes, bytes | None, bytes]], now: int) -> None:
@@ -182,20 +184,37 @@ class ChatStore:
             "VALUES (?, ?, ?, ?, ?)", [(*item, now) for item in items]))
 
     def outbox(self, peer: bytes, limit: int = 500) -> list[OutItem]:
-        rows = self._call(lambda c: c.execute(
-            "SELECT peer, ref, frame, room, mailed FROM chat_outbox WHERE peer = ? "
-            "ORDER BY created_at, rowid LIMIT ?", (peer, limit)).fetchall())
-        return [OutItem(bytes(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]) if r[3] else None,
-                        bool(r[4])) for r in rows]
+        """What waits for ``peer``: our direct messages to it first, then other frames."""
+        def run(conn: sqlite3.Connection) -> list[OutItem]:
+            direct = [_message(r) for r in conn.execute(
+                f"SELECT {_MSG_COLUMNS} FROM {_MSG_FROM} WHERE m.conversation = ? AND "
+                "m.mine = 1 AND m.state IN ('pending', 'mailed') ORDER BY m.seq LIMIT ?",
+                (peer, limit))]
+            items = [OutItem(peer, m.id, wire.encode(m.wire()), None, m.state == "mailed")
+                     for m in direct]
+            items.extend(
+                OutItem(bytes(r[0]), bytes(r[1]), bytes(r[2]), bytes(r[3]) if r[3] else None,
+                        bool(r[4])) for r in conn.execute(
+                    "SELECT peer, ref, frame, room, mailed FROM chat_outbox WHERE peer = ? "
+                    "ORDER BY created_at, rowid LIMIT ?", (peer, limit - len(items))))
+            return items
+        return self._call(run)
 
     def outbox_peers(self) -> list[bytes]:
-        return [bytes(r[0]) for r in self._call(lambda c: c.execute(
-            "SELECT DISTINCT peer FROM chat_outbox").fetchall())]
+        return sorted({bytes(r[0]) for r in self._call(lambda c: c.execute(
+            "SELECT DISTINCT peer FROM chat_outbox UNION SELECT DISTINCT conversation FROM "
+            "chat_messages WHERE mine = 1 AND state IN ('pending', 'mailed') "
+            "AND length(conversation) = 32").fetchall())})
 
     def mark_mailed(self, peer: bytes, refs: list[bytes]) -> None:
-        self._call(lambda c: c.executemany(
-            "UPDATE chat_outbox SET mailed = 1 WHERE peer = ? AND ref = ?",
-            [(peer, ref) for ref in refs]))
+        def run(conn: sqlite3.Connection) -> None:
+            with self._transaction(conn):
+                conn.executemany("UPDATE chat_outbox SET mailed = 1 WHERE peer = ? AND ref = ?",
+                                 [(peer, ref) for ref in refs])
+                conn.executemany("UPDATE chat_messages SET state = 'mailed' WHERE id = ? AND "
+                                 "conversation = ? AND mine = 1 AND state = 'pending'",
+                                 [(ref, peer) for ref in refs])
+        self._call(run)
 
     def settle(self, peer: bytes, stored: list[bytes], refused: list[tuple[bytes, str]],
                now: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
@@ -214,7 +233,8 @@ class ChatStore:
                     chunk = direct[i : i + 500]
                     conn.execute(
                         "UPDATE chat_messages SET state = 'delivered' WHERE state IN "
-                        f"('pending', 'sent') AND id IN ({','.join('?' * len(chunk))})", chunk)
+                        f"('pending', 'mailed', 'sent') AND id IN ({','.join('?' * len(chunk))})",
+                        chunk)
                 conn.executemany("INSERT OR IGNORE INTO chat_receipts VALUES (?, ?, ?, ?)",
                                  [(mid, peer, "delivered", now) for mid, conv in delivered
                                   if len(conv) == wire.ID_LEN])
@@ -341,7 +361,7 @@ class ChatStore:
         """A peer says it got or read our messages; returns the ids whose state changed."""
         def run(conn: sqlite3.Connection) -> list[bytes]:
             changed: list[bytes] = []
-            rank = {"pending": 0, "sent": 0, "delivered": 1, "read": 2}
+            rank = {"pending": 0, "mailed": 0, "sent": 0, "delivered": 1, "read": 2}
             with self._transaction(conn):
                 for m in self._mine(conn, list(receipt.messages)):
                     if m.kind == "direct":

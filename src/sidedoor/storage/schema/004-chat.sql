@@ -11,7 +11,8 @@ CREATE TABLE chat_conversations (
 ) STRICT;
 
 -- Every message, sent or received. order_at is the display order (see proto/chat.py);
--- state: ours pending | sent | delivered | read | failed; theirs unread | read.
+-- state: ours pending | mailed | sent | delivered | read | failed; theirs unread | read.
+-- Our direct messages that are pending or mailed are the direct part of the outbox.
 CREATE TABLE chat_messages (
     rowid        INTEGER PRIMARY KEY,
     id           BLOB NOT NULL UNIQUE CHECK (length(id) = 16),
@@ -32,6 +33,8 @@ CREATE TABLE chat_messages (
 CREATE INDEX chat_messages_order ON chat_messages (conversation, order_at, sender, seq);
 CREATE INDEX chat_messages_sender ON chat_messages (conversation, sender, seq, order_at);
 CREATE INDEX chat_messages_unread ON chat_messages (conversation, state) WHERE mine = 0;
+CREATE INDEX chat_messages_pending ON chat_messages (conversation, seq)
+    WHERE mine = 1 AND state IN ('pending', 'mailed');
 
 -- Full-text search. Messages are indexed in bulk a moment after they are stored (and
 -- before any search), not by a trigger: a trigger costs several times more per message,
@@ -71,8 +74,8 @@ CREATE TABLE chat_room_updates (
     PRIMARY KEY (room, version)
 ) STRICT;
 
--- What waits to be handed to a peer: encoded request frames (messages, receipts, room
--- updates). A row goes when the peer acknowledges it; mailed = 1 once a broker's mailbox
+-- What else waits to be handed to a peer: encoded request frames (room messages,
+-- receipts, room updates; direct messages wait in chat_messages). A row goes when the peer acknowledges it; mailed = 1 once a broker's mailbox
 -- also holds it (whichever arrives first wins; the receiver deduplicates).
 CREATE TABLE chat_outbox (
     peer       BLOB NOT NULL CHECK (length(peer) = 32),
