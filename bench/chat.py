@@ -15,9 +15,9 @@ Measures
     /proc, the sender's process time, which includes this script's loop).
 
 The control API's own round trip (GET /v1/status) is measured alongside, as the
-floor under the chat round trip. Next to them, the same measures for a plain asyncio TCP echo of 100-byte messages
-between two processes (no encryption, no storage): the ceiling any chat over
-Python sockets has here. Only 127.0.0.1 is used.
+floor under the chat round trip. Next to them, the same measures for a plain
+asyncio TCP echo of 100-byte messages between two processes (no encryption, no
+storage): the ceiling any chat over Python sockets has here. Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ async def throughput_sidedoor(sender_home: Path, receiver_pid: int, receiver_add
             await asyncio.gather(*(node.chat.send(peer, f"{i} {TEXT}")
                                    for i in range(start, min(count, start + window))))
         async with asyncio.timeout(300):
-            while await db.run(undelivered):
+            while await db.run(undelivered):  # noqa: ASYNC110 (polling the database)
                 await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - t0
         cpu_rx, cpu_tx = proc_cpu(receiver_pid) - cpu_rx0, time.process_time() - cpu_tx0
