@@ -217,3 +217,21 @@ def test_hybrid_clock_and_contiguous_high() -> None:
     assert chat.contiguous_high([]) == 0
     assert chat.contiguous_high([1, 2, 3, 5]) == 3
     assert chat.contiguous_high([2, 3]) == 0
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8), st.integers(1, 50))
+def test_splitter_whole_or_in_pieces(frames: list[bytes], piece: int) -> None:
+    stream = b"".join(len(f).to_bytes(4, "big") + f for f in frames)
+    whole = chat.FrameSplitter(1000)
+    assert whole.feed(stream) == frames and whole.pending == 0
+    split = chat.FrameSplitter(1000)
+    got = []
+    for i in range(0, len(stream), piece):
+        got.extend(split.feed(stream[i : i + piece]))
+    assert got == frames and split.pending == 0
+
+
+def test_splitter_refuses_a_frame_over_the_limit_before_buffering_it() -> None:
+    splitter = chat.FrameSplitter(100)
+    with pytest.raises(MessageError, match="limit"):
+        splitter.feed((101).to_bytes(4, "big"))

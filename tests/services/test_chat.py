@@ -184,6 +184,18 @@ async def test_bad_input_on_a_channel(node_factory: NodeFactory) -> None:
     assert await ask(again, ok) == [wire.Ack(ok.id, "stored")]
 
 
+async def test_a_frame_over_the_channel_limit_resets_the_channel(
+        node_factory: NodeFactory) -> None:
+    alice, bob = await pair(node_factory)
+    stream = await raw_channel(alice, bob)
+    await stream.write((wire.MAX_FRAME + 1).to_bytes(4, "big") + b"x" * 100)
+    with pytest.raises(ChannelClosedError):
+        await stream.read_message(1 << 20, timeout=5)
+    again = await raw_channel(alice, bob)
+    ok = direct(alice, bob, "the node is fine")
+    assert await ask(again, ok) == [wire.Ack(ok.id, "stored")]
+
+
 async def test_over_size_message_is_refused_locally(node_factory: NodeFactory) -> None:
     alice, bob = await pair(node_factory)
     with pytest.raises(ChatRefused, match="limit"):

@@ -353,13 +353,17 @@ class Chat:
         rooms = await self.db_run(self.store.rooms)
         self.rooms = {r.state.room: r for r in rooms}
         # Coming online, the node says hello to every contact: presence comes from
-        # sessions, outboxes flush both ways, rooms catch up.
+        # sessions, outboxes flush both ways, rooms catch up. Those we owe something
+        # get a courier, which also mails what cannot go and tries again later.
         assert self.node.contacts is not None
-        peers = {c.identity for c in await self.db_run(self.node.contacts.all)
-                 if not c.blocked}
-        peers.discard(self.me)
-        if peers:
-            self.spawn(self._catch_up(sorted(peers)))
+        contacts = {c.identity for c in await self.db_run(self.node.contacts.all)
+                    if not c.blocked}
+        owed = set(await self.db_run(self.store.outbox_peers)) & contacts
+        for peer in sorted(owed):
+            self.courier(peer).flush()
+        others = sorted(contacts - owed - {self.me})
+        if others:
+            self.spawn(self._catch_up(others))
 
     async def _catch_up(self, peers: list[bytes]) -> None:
         limit = asyncio.Semaphore(CATCH_UP_PARALLEL)

@@ -41,7 +41,7 @@ CREATE INDEX chat_messages_pending ON chat_messages (conversation, seq)
 -- on the path every message takes. indexed_rowid: the last message indexed.
 CREATE VIRTUAL TABLE chat_search USING fts5 (
     text, content = 'chat_messages', content_rowid = 'rowid', tokenize = 'unicode61',
-    detail = 'column', columnsize = 0
+    columnsize = 0
 );
 CREATE TABLE chat_search_state (
     id            INTEGER PRIMARY KEY CHECK (id = 1),
