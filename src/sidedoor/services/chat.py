@@ -67,7 +67,8 @@ Via = Literal["direct", "mail", "sync"]
 REACH_TIMEOUT = 5.0
 ACK_TIMEOUT = 30.0
 SYNC_TIMEOUT = 30.0
-BATCH = 1000             # frames written before waiting for their answers
+BATCH = 1000             # frames written in one go
+MAX_IN_FLIGHT = 4        # batches written before the first one's answers are awaited
 MAX_COURIER_ROUNDS = 10_000
 MAX_SYNC_ROUNDS = 100
 CATCH_UP_PARALLEL = 8
@@ -195,8 +196,12 @@ class Courier:
 
     async def _run(self) -> None:
         chat = self.chat
+        # Batches written whose answers are awaited: a few at once keep the pipe full.
+        inflight: set[asyncio.Task[list[OutItem]]] = set()
         try:
             for _ in range(MAX_COURIER_ROUNDS):
+                if not self.queue and inflight and await self._answered(inflight, every=True):
+                    continue
                 if not self.queue and self.reload:
                     self.reload = False
                     stored = await chat.db_run(chat.store.outbox, self.peer, BATCH)
@@ -209,30 +214,62 @@ class Courier:
                 except (SidedoorError, OSError, TimeoutError) as exc:
                     log.info("chat: %s not reachable (%s); kept in the outbox",
                              PublicIdentity(self.peer).short, exc)
-                    await self._mail_and_park([])
-                    self._retry_later()
+                    await self._answered(inflight, every=True)
+                    await self._park([])
                     continue  # anything pushed meanwhile is mailed on the next round
                 batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
-                unanswered = await self._deliver(link, batch)
-                if unanswered:
-                    await self._mail_and_park(unanswered)
-                    self._retry_later()
-                else:
-                    self.backoff = 0.0
+                try:
+                    fut = await link.send([(item.ref, item.frame) for item in batch])
+                except (SidedoorError, TimeoutError) as exc:
+                    log.info("chat: delivery to %s broke off: %s",
+                             PublicIdentity(self.peer).short, exc)
+                    await self._answered(inflight, every=True)
+                    await self._park(batch)
+                    continue
+                inflight.add(asyncio.ensure_future(self._settle(batch, fut)))
+                if len(inflight) >= MAX_IN_FLIGHT:
+                    await self._answered(inflight, every=False)
         except Exception:
             log.exception("chat courier for %s failed", PublicIdentity(self.peer).short)
         finally:
+            for task in inflight:
+                task.cancel()
             self.running = False
 
-    async def _deliver(self, link: Link, batch: list[OutItem]) -> list[OutItem]:
-        """Send a batch and settle the answers; returns what went unanswered."""
+    async def _answered(self, inflight: set[asyncio.Task[list[OutItem]]], *, every: bool
+                        ) -> bool:
+        """Wait for one (or every) batch in flight to be answered and settled; if some
+        frames went unanswered, wait for the rest, mail and park. True if it parked."""
+        if not inflight:
+            return False
+        done, _ = await asyncio.wait(
+            inflight, return_when=asyncio.ALL_COMPLETED if every else asyncio.FIRST_COMPLETED)
+        inflight.difference_update(done)
+        unanswered = [item for task in done for item in task.result()]
+        if not unanswered:
+            self.backoff = 0.0
+            return False
+        if inflight:
+            done, _ = await asyncio.wait(inflight)
+            inflight.clear()
+            unanswered.extend(item for task in done for item in task.result())
+        await self._park(unanswered)
+        return True
+
+    async def _park(self, unanswered: list[OutItem]) -> None:
+        await self._mail_and_park(unanswered)
+        self._retry_later()
+
+    async def _settle(self, batch: list[OutItem], fut: asyncio.Future[list[Frame]]
+                      ) -> list[OutItem]:
+        """Await a batch's answers and record them; returns what went unanswered."""
         chat = self.chat
         try:
-            fut = await link.send([(item.ref, item.frame) for item in batch])
             async with asyncio.timeout(ACK_TIMEOUT):
                 answers = await fut
-        except (SidedoorError, TimeoutError) as exc:
-            log.info("chat: delivery to %s broke off: %s", PublicIdentity(self.peer).short, exc)
+        except TimeoutError:
+            log.info("chat: %s did not answer in %g s", PublicIdentity(self.peer).short,
+                     ACK_TIMEOUT)
             return batch
         await self._stored(batch)
         stored: list[bytes] = []
@@ -245,8 +282,13 @@ class Courier:
                     stored.append(item.ref)
                 else:
                     refused.append((item.ref, answer.reason or "refused"))
-        delivered, failed = await chat.db_run(chat.store.settle, self.peer, stored, refused,
-                                              now_ms())
+        try:
+            delivered, failed = await chat.db_run(chat.store.settle, self.peer, stored,
+                                                  refused, now_ms())
+        except SidedoorError as exc:
+            log.warning("chat: could not record answers from %s: %s",
+                        PublicIdentity(self.peer).short, exc)
+            return unanswered
         by = address_of(self.peer)
         if chat.watched:
             for mid, conv in delivered:
@@ -533,7 +575,7 @@ class Chat:
         ready = self._batcher.submit(msg, [(peer, data) for peer in recipients])
         for peer in recipients:
             self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)], ready)
-        await asyncio.shield(ready)
+        await ready
         stored = StoredMessage(msg.id, conversation, self.me, self.node.display_name, seq,
                                sent_at, sent_at, sent_at, text, reply_to or None,
                                msg.attachments, True, "pending" if recipients else "sent", None,
