@@ -483,6 +483,7 @@ class Chat:
             if self.stopping:
                 raise ChatError("the node is stopping")
             conn = await self.node.reach(peer, REACH_TIMEOUT)
+            self._track(peer, conn)
             stream = await conn.open_channel(wire.KIND, b"", timeout=REACH_TIMEOUT)
             link = self._links[peer] = Link(self, conn, stream)
             return link
@@ -492,18 +493,22 @@ class Chat:
         self._after_session(info.remote.key, info.connection)
 
     def _after_session(self, peer: bytes, conn: Connection) -> None:
-        conns = self._online.setdefault(peer, set())
-        if conn not in conns:
-            first = not conns
-            conns.add(conn)
-            conn.closed.add_done_callback(lambda _: self._session_gone(peer, conn))
-            if first:
-                self.emit("presence.changed", address=PublicIdentity(peer).address,
-                          online=True, last_seen=time.time())
+        self._track(peer, conn)
         self.courier(peer).flush()
         for room in self.rooms.values():
             if room.status == "active" and peer in room.state.members:
                 self.spawn(self.sync(peer, room.state.room))
+
+    def _track(self, peer: bytes, conn: Connection) -> None:
+        """Presence: a contact is online while some session with it is open."""
+        conns = self._online.setdefault(peer, set())
+        if conn not in conns and conn.is_open:
+            first = not conns
+            conns.add(conn)
+            conn.closed.add_done_callback(lambda _: self._session_gone(peer, conn))
+            if first:
+                self.emit("presence.changed", address=address_of(peer), online=True,
+                          last_seen=time.time())
 
     def _session_gone(self, peer: bytes, conn: Connection) -> None:
         conns = self._online.get(peer)
@@ -517,7 +522,7 @@ class Chat:
                           online=False, last_seen=time.time())
 
     def is_online(self, peer: bytes) -> bool:
-        return bool(self._online.get(peer))
+        return self.node.session_with(peer) is not None
 
     # -------------------------------------------------------------- sending
     async def _next_stamp(self, conversation: bytes) -> tuple[int, int]:
