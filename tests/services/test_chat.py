@@ -391,3 +391,21 @@ async def test_presence_events_only_for_contacts(node_factory: NodeFactory) -> N
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_added_member_gets_the_chain_and_the_history(node_factory: NodeFactory) -> None:
+    alice, bob, carol = await trio(node_factory)
+    rid = (await alice.chat.create_room("eng", [bob.public.key])).state.room
+    await until(lambda: _in(bob, rid))
+    await bob.chat.send(rid, "before carol")
+    await until(lambda: _count(alice, rid, 1))
+    await alice.chat.change_members(rid, add=[carol.public.key])
+
+    async def joined() -> bool:
+        room = carol.chat.rooms.get(rid)
+        return room is not None and room.status == "active" and room.state.version == 2
+    await until(joined)
+    await until(lambda: _count(carol, rid, 1))  # the history, from a member
+    assert [m.text for m in await history(carol, rid)] == ["before carol"]
+    await carol.chat.send(rid, "hello all")
+    await until(lambda: _count(bob, rid, 2))
