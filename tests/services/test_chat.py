@@ -409,3 +409,30 @@ async def test_added_member_gets_the_chain_and_the_history(node_factory: NodeFac
     assert [m.text for m in await history(carol, rid)] == ["before carol"]
     await carol.chat.send(rid, "hello all")
     await until(lambda: _count(bob, rid, 2))
+
+
+async def test_stopping_in_the_middle_of_a_burst_loses_nothing(
+        node_factory: NodeFactory, caplog: pytest.LogCaptureFixture) -> None:
+    alice, bob = await pair(node_factory)
+    bob_home, alice_home = bob.home, alice.home
+    sends = [asyncio.ensure_future(alice.chat.send(bob.public.key, f"burst {i}"))
+             for i in range(2000)]
+    await asyncio.gather(*sends)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(alice.aclose(), bob.aclose())
+    assert loop.time() - started < 5  # no task held the shutdown up
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    # Everything that was stored is delivered once both are back.
+    alice2 = await node_factory(home=alice_home)
+    bob2 = await node_factory(home=bob_home)
+    assert alice2.db is not None and bob2.db is not None
+
+    async def arrived() -> bool:
+        rows = await bob2.db.run(bob2.chat.store.conversations)  # type: ignore[union-attr]
+        return [r["messages"] for r in rows] == [2000]
+    await until(arrived, timeout=30)
+
+    async def all_delivered() -> bool:
+        return await alice2.db.run(alice2.chat.store.outbox, bob2.public.key) == []  # type: ignore[union-attr]
+    await until(all_delivered, timeout=30)
