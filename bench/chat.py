@@ -61,9 +61,10 @@ def pct(values: list[float], p: float) -> float:
 
 # ------------------------------------------------------------------ sidedoor
 
-async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, count: int
-                       ) -> tuple[list[float], list[float]]:
-    """Chat round trips, and (the floor under them) bare control API round trips."""
+async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, count: int,
+                       pids: tuple[int, int]) -> tuple[list[float], list[float], list[float]]:
+    """Chat round trips, (the floor under them) bare control API round trips, and the
+    CPU time per round trip of the sender and receiver nodes (status calls included)."""
     async with ControlClient(sender) as a, ControlClient(receiver) as b:
         seen: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
@@ -77,8 +78,11 @@ async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, coun
         path = f"/v1/chat/conversations/{receiver_address}/messages"
         times = []
         api_times = []
+        cpu0: list[float] = []
         try:
             for i in range(count + 100):
+                if i == 100:
+                    cpu0 = [proc_cpu(pid) for pid in pids]
                 text = f"{i} {TEXT}"
                 t0 = time.perf_counter()
                 await a.call("POST", path, {"text": text})
@@ -93,7 +97,8 @@ async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, coun
                     api_times.append(time.perf_counter() - t2)
         finally:
             watcher.cancel()
-        return times, api_times
+        cpu = [(proc_cpu(pid) - c) / count for pid, c in zip(pids, cpu0, strict=True)]
+        return times, api_times, cpu
 
 
 async def throughput_sidedoor(sender_home: Path, receiver_pid: int, receiver_address: str,
@@ -205,7 +210,9 @@ def main() -> None:
             link = json.loads(sd(alice, "invite", "--link", "--json"))["link"]
             sd(bob, "join", link)
             bob_status: dict[str, Any] = json.loads(sd(bob, "status", "--json"))
-            rtts, api = asyncio.run(rtt_sidedoor(alice, bob, bob_status["address"], args.rtt))
+            alice_pid = int(json.loads(sd(alice, "status", "--json"))["pid"])
+            rtts, api, rtt_cpu = asyncio.run(rtt_sidedoor(
+                alice, bob, bob_status["address"], args.rtt, (alice_pid, int(bob_status["pid"]))))
             # Throughput: Alice's node, now in this process, writes to Bob (a real process).
             sd(alice, "down")
             tput = asyncio.run(throughput_sidedoor(alice, int(bob_status["pid"]),
@@ -232,6 +239,8 @@ def main() -> None:
     print(f"\n  round trip mean {statistics.mean(rtts) * 1e3:.2f} ms, "
           f"max {max(rtts) * 1e3:.2f} ms; the control API alone (GET /v1/status): "
           f"p50 {pct(api, 0.5) * 1e3:.2f} ms, p99 {pct(api, 0.99) * 1e3:.2f} ms")
+    print(f"  CPU per round trip: sender node {rtt_cpu[0] * 1e6:.0f} us, receiver node "
+          f"{rtt_cpu[1] * 1e6:.0f} us (with one GET /v1/status each)")
     print(f"  machine load average while measuring: {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} CPUs")
 

@@ -152,3 +152,14 @@ def test_terminal_chat_types_and_receives_at_once(homes: dict[str, Path]) -> Non
     assert texts == ["earlier message", "incoming while you type", "half a sentence"]
     # Ann read them in the chat view: Bob sees ✓✓.
     until(lambda: all(m["state"] == "read" for m in history(bob, "Ann") if m["mine"]))
+
+
+def test_usage_errors_need_no_node(tmp_path: Path) -> None:
+    home = tmp_path / "nobody"
+    for args in (("history", "Ann", "--since", "yesterday"), ("history",),
+                 ("history", "Ann", "--search", "x"), ("say", "Ann"),
+                 ("room", "create", "eng")):
+        result = sd_in(home, *args)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr
+    failed(sd_in(home, "say", "Ann", "hi"), "no node is running")
