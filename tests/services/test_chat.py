@@ -436,3 +436,20 @@ async def test_stopping_in_the_middle_of_a_burst_loses_nothing(
     async def all_delivered() -> bool:
         return await alice2.db.run(alice2.chat.store.outbox, bob2.public.key) == []  # type: ignore[union-attr]
     await until(all_delivered, timeout=30)
+
+
+async def test_mail_delivery_is_answered_with_a_receipt(node_factory: NodeFactory) -> None:
+    alice, bob = await pair(node_factory)
+    assert alice.db is not None
+    # A message Alice stored but could not hand over (as when Bob was away): it reaches
+    # Bob through his mailbox instead.
+    msg = direct(alice, bob, "via the mailbox", seq=1, sent_at=5_000)
+    await alice.db.run(alice.chat.store.store_outgoing, [(msg, [(bob.public.key, b"")])], 5)
+    await alice.db.run(alice.chat.store.mark_mailed, bob.public.key, [msg.id])
+    assert (await history(alice, bob.public.key))[0].state == "mailed"
+    await bob.mail.deliver(alice.public, wire.KIND, wire.encode(msg))
+    assert [m.text for m in await history(bob, alice.public.key)] == ["via the mailbox"]
+
+    async def delivered() -> bool:
+        return (await history(alice, bob.public.key))[0].state == "delivered"
+    await until(delivered)  # Bob's receipt came back over a session

@@ -372,6 +372,9 @@ class ChatStore:
                                          (receipt.state, m.id))
                             changed.append(m.id)
                     elif m.conversation == receipt.conversation:
+                        # It arrived some other way (mail, a member): nothing left to send.
+                        conn.execute("DELETE FROM chat_outbox WHERE peer = ? AND ref = ?",
+                                     (peer, m.id))
                         cur = conn.execute(
                             "INSERT INTO chat_receipts VALUES (?, ?, ?, ?) "
                             "ON CONFLICT(message, member) DO UPDATE SET state = excluded.state, "
