@@ -110,11 +110,12 @@ async def test_order_and_search(node_factory: NodeFactory) -> None:
     for i in range(50):
         await alice.chat.send(bob.public.key, f"message {i} about the budget" if i == 7
                               else f"message {i}")
-    await bob.chat.send(alice.public.key, "a reply")
 
-    async def all_there() -> bool:
-        return len(await history(bob, alice.public.key)) == 51
-    await until(all_there)
+    async def there(n: int) -> bool:
+        return len(await history(bob, alice.public.key)) == n
+    await until(lambda: there(50))
+    await bob.chat.send(alice.public.key, "a reply")  # after all Bob has seen
+    await until(lambda: there(51))
     got = await history(bob, alice.public.key)
     from_alice = [m.seq for m in got if m.sender == alice.public.key]
     assert from_alice == list(range(1, 51))
