@@ -97,6 +97,57 @@ def test_outbox_delivers_once_when_the_contact_comes_back(homes: dict[str, Path]
     assert as_json(sd_in(bob.home, "history", "Ann", "--since", "0s", "--json")) == []
 
 
+def start_broker(data: Path) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [*_argv(None, ("broker", "--listen", "127.0.0.1:0", "--data", str(data)))],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(),
+        start_new_session=True)
+    assert proc.stdout is not None
+    for _ in range(20):
+        line = proc.stdout.readline().strip()
+        if line.startswith("sidedoor-broker://"):
+            return proc, line
+    proc.kill()
+    raise AssertionError("the broker did not print its address")
+
+
+def registered(node: Detached) -> bool:
+    brokers = as_json(sd_in(node.home, "brokers", "--json"))
+    return bool(brokers) and all(b["state"] == "registered" for b in brokers)
+
+
+def test_mailbox_delivers_when_the_sender_is_gone(homes: dict[str, Path],
+                                                   tmp_path: Path) -> None:
+    broker, url = start_broker(tmp_path / "broker")
+    try:
+        nodes = start([homes["Ann"], homes["Bob"]])
+        ann, bob = nodes[homes["Ann"]], nodes[homes["Bob"]]
+        for node in (ann, bob):
+            ok(sd_in(node.home, "broker-add", url))
+        for node in (ann, bob):
+            until(lambda node=node: registered(node))
+        befriend(ann, bob)
+        ok(sd_in(ann.home, "say", "Bob", "hello"))
+        until(lambda: history(ann, "Bob")[0]["state"] == "delivered")
+        ok(sd_in(bob.home, "down"))
+        ok(sd_in(ann.home, "say", "Bob", "left in your mailbox"))
+        until(lambda: history(ann, "Bob")[-1]["state"] == "mailed")
+        ok(sd_in(ann.home, "down"))  # the sender is gone before Bob is back
+
+        bob = start([homes["Bob"]])[homes["Bob"]]
+        got = until(lambda: len(history(bob, "Ann")) == 2 and history(bob, "Ann"))
+        assert [m["text"] for m in got] == ["hello", "left in your mailbox"]
+        ann = start([homes["Ann"]])[homes["Ann"]]
+        until(lambda: history(ann, "Bob")[-1]["state"] == "delivered")
+        time.sleep(0.5)
+        assert len(history(bob, "Ann")) == 2  # by mail and from the outbox: shown once
+    finally:
+        broker.kill()
+        broker.wait(10)
+        if broker.stdout is not None:
+            broker.stdout.close()
+
+
 def test_room_member_away_catches_up_from_another_member(homes: dict[str, Path]) -> None:
     nodes = start(list(homes.values()))
     ann, bob, cleo = (nodes[homes[n]] for n in ("Ann", "Bob", "Cleo"))

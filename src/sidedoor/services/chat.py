@@ -505,6 +505,12 @@ class Chat:
         if conn not in conns and conn.is_open:
             first = not conns
             conns.add(conn)
+            static = conn.session.remote_static
+            if static is not None and self.node.db is not None:
+                # A session that began before we were contacts (the one that made us
+                # contacts) left no key behind; mail to this contact needs it.
+                self.spawn(self.db_run(self.node.db.remember_peer, peer, static, None,
+                                       time.time()))
             conn.closed.add_done_callback(lambda _: self._session_gone(peer, conn))
             if first:
                 self.emit("presence.changed", address=address_of(peer), online=True,
