@@ -113,20 +113,23 @@ async def send_through(conn: Connection, size: int) -> float:
 
 async def relay_rounds(workdir: Path, size: int, rounds: int) -> dict[str, list[float]]:
     broker, url = start_broker(workdir / "broker-relay")
-    peer = subprocess.Popen(
+    loop = asyncio.get_running_loop()
+    peer = subprocess.Popen(  # noqa: ASYNC220 (started once, before any timing)
         [sys.executable, __file__, "--role", "receiver", "--home", str(workdir / "bob"),
          "--url", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert peer.stdin is not None and peer.stdout is not None
     results: dict[str, list[float]] = {"direct": [], "relayed": []}
     try:
-        info = json.loads(peer.stdout.readline())
+        stdout = peer.stdout
+        info = json.loads(await loop.run_in_executor(None, stdout.readline))
         bob = PublicIdentity.from_address(info["address"])
         async with Node(workdir / "alice", host=HOST, port=0, remember_port=False) as alice:
             link = await registered(alice, url)
             invite = await alice.invites.create()
             peer.stdin.write(f"{invite.code}\n")
             peer.stdin.flush()
-            if peer.stdout.readline().strip() != "joined":
+            # Read in a thread: this loop must keep serving the invite meanwhile.
+            if (await loop.run_in_executor(None, stdout.readline)).strip() != "joined":
                 raise SystemExit("the receiver could not join")
             for conn in list(alice.sessions):
                 await conn.aclose("bench starts")
@@ -141,7 +144,7 @@ async def relay_rounds(workdir: Path, size: int, rounds: int) -> dict[str, list[
                     await asyncio.sleep(0.2)
         peer.stdin.write("\n")
         peer.stdin.flush()
-        peer.wait(30)
+        await loop.run_in_executor(None, peer.wait, 30)
     finally:
         for proc in (peer, broker):
             if proc.poll() is None:

@@ -49,6 +49,7 @@ from sidedoor.proto.broker import BrokerAddress
 from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
+from sidedoor.services.card_updates import CardUpdates
 from sidedoor.services.chat import Chat
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
@@ -77,6 +78,20 @@ SessionListener = Callable[["PeerSession"], None]
 RACE_STAGGER = 0.25
 # A relayed session being replaced is closed when idle, or after this long anyway.
 UPGRADE_DRAIN_SECONDS = 3600
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise OSError(EADDRINUSE) if something listens on ``port``.
+
+    The node listens with SO_REUSEPORT (its outgoing dials share the port, see
+    `net.sockets`), which would also let a second node of the same user listen on the
+    same port and split the connections with the first: this probe, without
+    SO_REUSEPORT, fails where a listener already is.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def classify_path(host: str) -> str:
@@ -208,6 +223,7 @@ class Node:
         self.invites = Invites(self)
         self.invites.register()
         self.mail = Mail(self)
+        CardUpdates(self).register()
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
         self._upgrades: set[asyncio.Task[None]] = set()
@@ -262,6 +278,8 @@ class Node:
     async def _listen(self, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         try:
+            if port:
+                _check_port_free(self.host, port)
             return await loop.create_server(self._accept, self.host, port, reuse_address=True,
                                             reuse_port=True)
         except OSError as exc:

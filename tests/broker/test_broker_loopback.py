@@ -156,7 +156,7 @@ async def test_a_flood_of_requests_cuts_the_flooder_off_only(node_factory, broke
     b: Node = await node_factory()
     link_a = await registered(a, broker)
     link_b = await registered(b, broker)
-    for _ in range(200):
+    for _ in range(2000):
         await link_a.send(wire.Ping(10_000))
     await eventually(lambda: a.public.key not in broker.peers)
     pong = await link_b.request(lambda rid: wire.Ping(rid))
@@ -264,3 +264,25 @@ async def test_a_relayed_session_is_upgraded_to_a_direct_one(node_factory, broke
     await eventually(lambda: not relayed.is_open, timeout=15, what="the upgrade")
     direct = a.session_with(b.public.key)
     assert direct is not None and a.sessions[direct].path != "relayed"
+
+
+async def test_contacts_learn_a_newer_card_when_a_session_opens(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
+    a: Node = await node_factory()
+    b: Node = await node_factory()
+    await befriend(a, b)
+    await registered(a, broker)  # A's card now names the broker
+    await asyncio.sleep(1.1)  # cards are dated to the second
+    for conn in list(a.sessions):
+        await conn.aclose("start over")
+    await a.reach(b.public.key)
+    assert b.db is not None and b.contacts is not None
+
+    async def b_knows() -> bool:
+        contact = await b.db.run(b.contacts.get, a.public.key)  # type: ignore[union-attr]
+        return contact is not None and broker.url() in contact.card.brokers
+
+    for _ in range(100):
+        if await b_knows():
+            break
+        await asyncio.sleep(0.05)
+    assert await b_knows()

@@ -25,7 +25,7 @@ from sidedoor.errors import BrokerError, MessageError, SidedoorError
 from sidedoor.identity import Identity, PublicIdentity, load_or_create_identity, verify_noise_proof
 from sidedoor.net.connection import ChannelStream, Connection, local_keys, new_session
 from sidedoor.proto import broker as wire
-from sidedoor.proto.session import Role
+from sidedoor.proto.session import Role, SessionConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ RELAY_HIGH_WATER = 1 << 20
 MAIL_IN_FLIGHT = 32
 PUSH_QUEUE = 256
 UPKEEP_INTERVAL = 10.0
+# Thousands of idle peers: small read buffers, and a channel window just over the
+# largest message (an envelope).
+BROKER_SESSION = SessionConfig(channel_window=wire.MAX_MESSAGE + 4096, receive_buffer=4096)
 
 
 @dataclass
@@ -259,7 +262,8 @@ class BrokerServer:
             transport.abort()
             return
         assert self.identity is not None
-        session = new_session(Role.RESPONDER, local_keys(self.identity), verify_noise_proof)
+        session = new_session(Role.RESPONDER, local_keys(self.identity), verify_noise_proof,
+                              config=BROKER_SESSION)
         conn = Connection(session, on_handshake=self._on_handshake,
                           on_channel=self._on_channel, on_closed=self._on_closed)
         self._pending.add(conn)
