@@ -6,6 +6,8 @@ The hierarchy::
     ├── InvalidAddress               an address that does not parse ("this address has a typo")
     ├── InvalidInviteCode            an invite code that does not parse (not "7-guitar-orbit")
     ├── ContactError                 a contact operation that cannot be done (unknown contact, ...)
+    ├── ChatError                    a chat operation that cannot be done (unknown room, ...)
+    │   └── ChatRefused              a message or room update breaks a rule (too long, not an admin)
     ├── IdentityError                the identity on disk cannot be used
     │   └── InsecureKeyFile          the key file is readable by other users
     ├── StorageError                 the node's database cannot be opened or migrated
@@ -42,6 +44,8 @@ from __future__ import annotations
 
 __all__ = [
     "BrokerError",
+    "ChatError",
+    "ChatRefused",
     "ConnectError",
     "ContactError",
     "ControlAPIError",
@@ -179,6 +183,17 @@ class NotAllowed(RemoteProtocolError):
 
 class ContactError(SidedoorError):
     """A contact operation that cannot be done: unknown or ambiguous contact, and the like."""
+
+
+class ChatError(SidedoorError):
+    """A chat operation that cannot be done: an unknown room, not a member, and the like."""
+
+
+class ChatRefused(ChatError):
+    """A message or room update breaks a rule: too long, not signed by an admin, ...
+
+    When it came from a peer, the reason goes back to the peer in the answer.
+    """
 
 
 class InviteFailed(RemoteProtocolError):

@@ -54,6 +54,8 @@ class SignatureDomain(enum.Enum):
     NOISE_STATIC = b"sidedoor noise-static v1"
     CONTACT_CARD = b"sidedoor contact-card v1"
     MAIL_ENVELOPE = b"sidedoor mail-envelope v1"
+    CHAT_MESSAGE = b"sidedoor chat-message v1"
+    ROOM_UPDATE = b"sidedoor room-update v1"
 
 
 def _address_check(key: bytes) -> bytes:

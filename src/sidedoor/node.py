@@ -50,6 +50,7 @@ from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
 from sidedoor.services.card_updates import CardUpdates
+from sidedoor.services.chat import Chat
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
@@ -227,6 +228,8 @@ class Node:
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
         self._upgrades: set[asyncio.Task[None]] = set()
         self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
+        self.chat = Chat(self)
+        self.chat.register()
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -265,6 +268,7 @@ class Node:
             await self._start_discovery()
             for url in await db.run(db.brokers):
                 self._link(BrokerAddress.parse(url))
+            await self.chat.start()
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:

@@ -15,6 +15,7 @@ import click
 from rich.table import Table
 
 from sidedoor import __version__
+from sidedoor.cli import chat as chat_cli
 from sidedoor.cli import people
 from sidedoor.cli.broker import (
     broker_add_command,
@@ -332,6 +333,7 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 
 
 people.register(cli)
+chat_cli.register(cli)
 cli.add_command(demo_command)
 cli.add_command(broker_command)
 cli.add_command(broker_add_command)

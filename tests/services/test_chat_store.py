@@ -1,0 +1,81 @@
+"""The database keeps the ordering rule of `sidedoor.proto.chat` (checked against the
+in-memory `Timeline`), deduplicates, and searches."""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sidedoor.proto import chat as wire
+from sidedoor.services.chat_store import ChatStore
+from sidedoor.storage.db import Database
+
+ME = b"\x00" * 32
+PEER = b"\x01" * 32
+SENDERS = [bytes([i]) * 32 for i in (1, 2, 3)]
+ROOM = b"r" * 16
+NOW = 1_800_000_000_000
+
+
+@st.composite
+def arrivals(draw: st.DrawFn) -> list[tuple[bytes, int, int, int]]:
+    """(sender, seq, sent_at, received_at), in the order they arrive."""
+    out = []
+    for sender in SENDERS:
+        skew = draw(st.sampled_from([0, 0, 10**12, -10**9, 90_000]))
+        t = NOW + draw(st.integers(0, 200_000))
+        for seq in range(1, draw(st.integers(0, 6)) + 1):
+            t += draw(st.integers(-3_000, 5_000))
+            out.append((sender, seq, t + skew, t + draw(st.integers(0, 100_000))))
+    return draw(st.permutations(out))
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrivals())
+def test_stored_order_matches_the_rule(messages: list[tuple[bytes, int, int, int]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp))
+        try:
+            store = ChatStore(db, ME)
+            timeline = wire.Timeline()
+            batch: list[tuple[wire.Message, bytes]] = []
+            for sender, seq, sent_at, received_at in messages:
+                timeline.insert(sender, seq, sent_at, received_at)
+                msg = wire.Message(os.urandom(16), sender, ROOM, seq, sent_at, f"m{seq}")
+                # Arrival times are the store's `now`: one call per arrival time.
+                store.store_incoming([(msg, ROOM)], received_at)
+                batch.append((msg, ROOM))
+            stored = [(m.sender, m.seq, m.order_at) for m in store.history(ROOM, limit=1000)]
+            assert stored == [(p.sender, p.seq, p.order_at) for p in timeline.order()]
+            # The same messages again: nothing new.
+            assert store.store_incoming(batch, NOW) == []
+        finally:
+            db.close()
+
+
+def test_search_and_batches(tmp_path: Path) -> None:
+    db = Database(tmp_path)
+    try:
+        store = ChatStore(db, ME)
+        words = ["budget", "lunch", "standup", "release"]
+        msgs = [wire.Message(os.urandom(16), PEER, ME, i + 1, NOW + i,
+                             f"about the {random.choice(words)} {i}") for i in range(300)]
+        new = store.store_incoming([(m, PEER) for m in msgs], NOW)
+        assert len(new) == 300 and all(m.sender_name is None for m in new)
+        assert store.store_incoming([(msgs[5], PEER), (msgs[5], PEER)], NOW) == []
+        found = store.search("Budget", limit=1000)
+        assert {m.id for m in found} == {m.id for m in msgs if "budget" in m.text}
+        assert store.search("nothing-like-this") == []
+        later = wire.Message(os.urandom(16), PEER, ME, 301, NOW + 999, "budget again")
+        store.store_incoming([(later, PEER)], NOW)
+        assert later.id in {m.id for m in store.search("budget", limit=1000)}
+        assert store.conversations()[0]["unread"] == 301
+        assert len(store.mark_read(PEER)[PEER]) == 301
+        assert store.conversations()[0]["unread"] == 0
+    finally:
+        db.close()
