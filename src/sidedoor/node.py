@@ -676,6 +676,12 @@ class Node:
         for conn, info in list(self.sessions.items()):
             if info.remote.key == identity:
                 info.contact = standing == "contact"
+                if (standing == "contact" and self.db is not None
+                        and conn.session.remote_static is not None):
+                    # A stranger's static key was not kept; a new contact's is (mail is
+                    # sealed to it, and the next dial can use IK).
+                    self._spawn(self.db.run(self.db.remember_peer, identity,
+                                            conn.session.remote_static, None, time.time()))
                 if standing == "blocked":
                     conn.close("not allowed", CloseCode.NOT_ALLOWED)
 
