@@ -67,13 +67,3 @@ async def test_a_second_node_cannot_take_a_port_in_use(node_factory, home_factor
     with pytest.raises(Exception, match="already in use"):
         await node_factory(home=home_factory("b"), port=a.port)
 
-
-async def test_both_sides_keep_the_new_contacts_static_key(node_factory) -> None:  # type: ignore[no-untyped-def]
-    # Mail is sealed to it: a contact made over an incoming session must keep it too.
-    a: Node = await node_factory()
-    b: Node = await node_factory()
-    await befriend(a, b)
-    await asyncio.sleep(0.2)
-    assert a.db is not None and b.db is not None
-    assert await a.db.run(a.db.peer_static, b.public.key) is not None
-    assert await b.db.run(b.db.peer_static, a.public.key) is not None
