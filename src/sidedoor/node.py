@@ -47,6 +47,7 @@ from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
 from sidedoor.services.mail import Mail
+from sidedoor.services.transfers import Transfers
 from sidedoor.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -199,6 +200,8 @@ class Node:
         self.invites = Invites(self)
         self.invites.register()
         self.mail = Mail()
+        self.transfers = Transfers(self)
+        self.transfers.register()
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -235,6 +238,7 @@ class Node:
             if self._remember_port:
                 await db.run(db.set_setting, "port", str(self.port))
             await self._start_discovery()
+            await self.transfers.start()
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
@@ -340,6 +344,7 @@ class Node:
             return
         self._closed = True
         self._stopped.set()
+        await self.transfers.aclose()
         if self._server is not None:
             self._server.close()
         if self.discovery is not None:
