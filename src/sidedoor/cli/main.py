@@ -15,8 +15,9 @@ import click
 from rich.table import Table
 
 from sidedoor import __version__
-from sidedoor.cli import people
+from sidedoor.cli import files, people
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
+from sidedoor.cli.config import config_group
 from sidedoor.cli.demo import demo_command
 from sidedoor.control.server import parse_host_port
 from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
@@ -316,6 +317,8 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 
 people.register(cli)
 cli.add_command(demo_command)
+cli.add_command(config_group)
+files.register(cli)
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidedoor.control import people
+from sidedoor.control import files, people
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
 from sidedoor.home import CONTROL_FILE
 from sidedoor.net.connection import ChannelClosedError
@@ -69,6 +69,7 @@ class ControlServer:
         app.router.add_post("/v1/shutdown", self._shutdown)
         app.router.add_get("/v1/events", self._events)
         people.add_routes(app, self.node, self._json_body)
+        files.add_routes(app, self.node, self._json_body)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
