@@ -221,6 +221,7 @@ def test_a_node_killed_halfway_resumes_without_resending(
     assert got.read_bytes() == src.read_bytes()
     assert got.stat().st_mtime_ns == 1_650_000_000_000_000_000
     received = transfer(bob, tid)
+    print("RESUME", killed, before["done_bytes"], out["bytes_sent"], received["bytes_received"])
     if killed == "Bob":
         # Ann saw it all: what she sent beyond the file is what Bob lost in flight.
         assert size <= out["bytes_sent"] <= size + RESEND_BOUND, (out, before)

@@ -81,10 +81,10 @@ def default_downloads() -> Path:
 
 def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
+        if abs(n) < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} EB"  # pragma: no cover
+    return f"{n:.1f} EB"
 
 
 class RateMeter:
