@@ -389,3 +389,33 @@ async def test_a_disk_filling_up_fails_cleanly(
     assert tree(small_disk) == ["filler", "g.bin"]  # the file that fitted is whole
     assert len(data) == 6 << 20
     await until_status(alice, sent["id"], "cancelled")
+
+
+async def test_a_resumed_file_is_read_back_whole_and_damage_is_fetched_again(
+        node_factory: NodeFactory, work: Path, tmp_path: Path) -> None:
+    alice: Node = await node_factory()
+    bob_home = tmp_path / "bob-home"
+    bob_home.mkdir()
+    bob: Node = await node_factory(home=bob_home)
+    await befriend(alice, bob)
+    port = bob.port
+    # Alice answers the first request honestly, then stops.
+    evil = EvilSender(alice, lambda r, data: [
+        header(r.file, r.chunk, 1 << 20), data[r.chunk << 20:(r.chunk + 1) << 20], b"END"])
+    evil.content = make_file(work / "src" / "file.bin", 3 << 20)
+    tid, data, dest = await offered_and_accepted(alice, bob, work, 3 << 20)
+
+    async def first_chunk_kept() -> bool:
+        return (await status_of(bob, tid))["done_bytes"] == 1 << 20
+    await wait_for(first_chunk_kept)
+    await bob.aclose()
+    (partial,) = dest.glob(".sidedoor-*")
+    with partial.open("r+b") as f:  # the disk damages the verified chunk while Bob is off
+        f.write(b"rot")
+    evil.restore()
+    bob = await node_factory(home=bob_home, port=port)
+    await until_status(bob, tid, "done", timeout=15)
+    assert (dest / "file.bin").read_bytes() == data
+    assert tree(dest) == ["file.bin"]
+    info = await until_status(alice, tid, "done")
+    assert info["bytes_sent"] >= (1 << 20) + (3 << 20)  # the damaged file came again whole

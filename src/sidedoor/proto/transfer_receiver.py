@@ -66,6 +66,10 @@ class Receiver:
     def file_complete(self, index: int) -> bool:
         return self._left[index] == 0
 
+    def chunks_left(self, index: int) -> int:
+        """Chunks of file ``index`` not verified yet (arriving ones included)."""
+        return self._left[index]
+
     def complete_files(self) -> list[int]:
         """Files with every chunk verified (empty files from the start)."""
         return [i for i, left in enumerate(self._left) if left == 0]

@@ -65,6 +65,7 @@ T = TypeVar("T")
 
 PIECE = 1 << 20  # disk reads and writes, and hand-offs to the worker thread, are this big
 SEND_BATCH = 64  # most requests read in one trip to the worker thread
+SMALL_PIECE = 64 << 10  # smaller pieces are joined with their neighbours into one write
 PROGRESS_INTERVAL = 0.25
 FLUSH_INTERVAL = 0.25
 REACH_TIMEOUT = 10.0
@@ -142,6 +143,7 @@ class Transfers:
         self._notices: dict[bytes, asyncio.Task[None]] = {}
         self._serving: dict[bytes, ChannelStream] = {}
         self._live: dict[bytes, Live] = {}
+        self._tops: dict[bytes, list[str]] = {}
         self._peer_up: dict[bytes, asyncio.Event] = {}
         self._closing = False
 
@@ -268,9 +270,13 @@ class Transfers:
         running = record.status in ("sending", "receiving") and live.activity == "transferring"
         speed = live.meter.rate() if running else 0.0
         left = max(0, record.total_bytes - done)
-        manifest = manifest or record.manifest()
-        tops = list(dict.fromkeys(f.path.split("/")[0] for f in manifest.files))
-        tops += [d.path for d in manifest.dirs if "/" not in d.path and d.path not in tops]
+        tops = self._tops.get(record.id)
+        if tops is None:
+            # Decoding a manifest of many files takes milliseconds: once per transfer.
+            manifest = manifest or record.manifest()
+            tops = list(dict.fromkeys(f.path.split("/")[0] for f in manifest.files))
+            tops += [d.path for d in manifest.dirs if "/" not in d.path and d.path not in tops]
+            self._tops[record.id] = tops = tops[:20]
         return {
             "id": record.hex,
             "short": record.hex[:8],
@@ -280,7 +286,7 @@ class Transfers:
             "status": record.status,
             "activity": live.activity if record.active else "",
             "note": record.note,
-            "names": tops[:20],
+            "names": tops,
             "files": record.file_count,
             "total_bytes": record.total_bytes,
             "done_bytes": done,
@@ -306,6 +312,10 @@ class Transfers:
         query = query.strip().lower()
         if len(query) < 4 or any(c not in "0123456789abcdef" for c in query):
             raise TransferError(f"{query!r} is not a transfer id (see `sidedoor transfers`)")
+        if len(query) == 2 * wire.TRANSFER_ID_LEN:
+            found = await self._db(self.store.get, bytes.fromhex(query))
+            if found is not None:
+                return found
         matches = [tid for tid in await self._db(self.store.ids) if tid.hex().startswith(query)]
         if not matches:
             raise TransferError(f"no transfer {query}; `sidedoor transfers` lists them")
@@ -423,7 +433,8 @@ class Transfers:
         if record is None or record.direction != "out" or record.peer != remote.key:
             await self._refuse_pull(stream, "no such transfer")
             return
-        if record.status not in ("offered", "sending"):
+        if record.status not in ("queued", "offered", "sending"):
+            # (queued: an auto-accepting receiver pulls before its answer reaches us.)
             await self._refuse_pull(stream, f"the transfer is {record.status}")
             return
         tid = record.id
@@ -431,7 +442,7 @@ class Transfers:
         if old is not None:
             old.reset("a newer request for the same transfer")
         self._serving[tid] = stream
-        if record.status == "offered":
+        if record.status != "sending":
             await self._set_status(record, "sending")
         live = self.live(tid)
         live.activity = "transferring"
@@ -531,14 +542,22 @@ class Transfers:
                     return
                 batch, fut = item
                 datas = await fut
+                out: list[bytes] = []
                 for (file, chunk, offset, length, chunk_len), data in zip(
                         batch, datas, strict=True):
                     if offset == 0:
-                        await stream.write(encode_message(wire.encode(
+                        out.append(encode_message(wire.encode(
                             wire.ChunkHeader(file, chunk, chunk_len))))
-                    await stream.write(data)
+                    if length >= SMALL_PIECE:
+                        await stream.write(b"".join(out))
+                        await stream.write(data)  # large: no copy into a joined buffer
+                        out = []
+                    else:
+                        out.append(data)
                     assert live.bytes_sent is not None
                     live.bytes_sent += length
+                if out:
+                    await stream.write(b"".join(out))
                 now = time.monotonic()
                 assert live.bytes_sent is not None
                 self._progress(record, min(live.bytes_sent, record.total_bytes))
@@ -857,6 +876,7 @@ class Transfers:
         """One pull channel: request, read, hand to the writer, judge, until complete."""
         live = self.live(record.id)
         live.bytes_received = progress.bytes_received
+        manifest = machine.manifest
         events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         stall = self.stall_timeout
         finishing = 0
@@ -892,10 +912,19 @@ class Transfers:
                         pending += len(data)
                         progress.bytes_received += len(data)
                         if pending >= PIECE or got == size:
-                            fut = on_thread(writer.write, message.file, message.chunk, offset,
-                                            pieces, got == size)
-                            events.put_nowait(("piece", message.file, message.chunk, fut,
-                                               got == size))
+                            last = got == size
+                            if last and machine.chunks_left(message.file) == 1:
+                                # Its file's last chunk: write, verify and rename in one trip.
+                                expected = manifest.files[message.file].hash_of(message.chunk)
+                                fut = on_thread(writer.write_last, message.file,
+                                                message.chunk, offset, pieces, expected)
+                                events.put_nowait(("file", message.file, message.chunk, fut,
+                                                   expected))
+                            else:
+                                fut = on_thread(writer.write, message.file, message.chunk,
+                                                offset, pieces, last)
+                                events.put_nowait(("piece", message.file, message.chunk, fut,
+                                                   last))
                             offset += pending
                             pending = 0
                             pieces = []
@@ -922,7 +951,20 @@ class Transfers:
                             done = on_thread(writer.finish, file)
                             done.add_done_callback(functools.partial(finished, file))
                         progress.chunks.append((file, chunk))
-                        await send_requests()
+                    case ("file", file, chunk, fut, expected):
+                        try:
+                            digest, path = await fut
+                        except FileDamaged as exc:
+                            machine.on_digest(file, chunk, expected)
+                            log.warning("transfer %s: %s", record.hex[:8], exc)
+                            machine.reopen_file(file)
+                            progress.chunks = [c for c in progress.chunks if c[0] != file]
+                            await self._db(self.store.forget_chunks, record.id, file)
+                        else:
+                            machine.on_digest(file, chunk, digest)  # raises if it is wrong
+                            assert path is not None
+                            progress.chunks.append((file, chunk))
+                            progress.files.append((file, path))
                     case ("finished", file, fut):
                         finishing -= 1
                         try:
@@ -930,8 +972,11 @@ class Transfers:
                         except FileDamaged as exc:
                             log.warning("transfer %s: %s", record.hex[:8], exc)
                             machine.reopen_file(file)
+                            progress.chunks = [c for c in progress.chunks if c[0] != file]
                             await self._db(self.store.forget_chunks, record.id, file)
-                            await send_requests()
+                if events.empty():
+                    # Only when nothing else is ready: one write carries many requests.
+                    await send_requests()
                 live.bytes_received = progress.bytes_received
                 self._progress(record, machine.verified_bytes)
                 if time.monotonic() - progress.last_flush > FLUSH_INTERVAL:
@@ -943,7 +988,7 @@ class Transfers:
             # Writes already handed to the worker finish before anything else runs on it.
             while not events.empty():
                 left = events.get_nowait()
-                if left[0] == "piece":
+                if left[0] in ("piece", "file"):
                     with contextlib.suppress(BaseException):
                         await left[3]
                 elif left[0] == "finished":
