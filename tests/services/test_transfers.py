@@ -240,6 +240,9 @@ class EvilSender:
                 stream.end()
                 await asyncio.sleep(0.5)
                 return
+            if part == b"STALL":
+                await asyncio.sleep(2)
+                return
             await stream.write(part)
         await asyncio.sleep(0.2)
 
@@ -419,3 +422,21 @@ async def test_a_resumed_file_is_read_back_whole_and_damage_is_fetched_again(
     assert tree(dest) == ["file.bin"]
     info = await until_status(alice, tid, "done")
     assert info["bytes_sent"] >= (1 << 20) + (3 << 20)  # the damaged file came again whole
+
+
+async def test_a_sender_going_silent_mid_chunk_is_given_up_on(
+        pair: tuple[Node, Node], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = pair
+    monkeypatch.setattr(bob.transfers, "stall_timeout", 0.3)
+    evil = EvilSender(alice, lambda r, data: [header(r.file, r.chunk, 1 << 20),
+                                              data[:5000], b"STALL"])
+    evil.content = make_file(work / "src" / "file.bin", 2 << 20)
+    tid, data, dest = await offered_and_accepted(alice, bob, work, 2 << 20)
+
+    async def given_up() -> bool:
+        return "went away" in (await status_of(bob, tid))["activity"]
+    await wait_for(given_up, timeout=5)
+    assert not (dest / "file.bin").exists()
+    evil.restore()
+    await until_status(bob, tid, "done", timeout=15)
+    assert (dest / "file.bin").read_bytes() == data

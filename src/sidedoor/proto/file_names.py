@@ -37,8 +37,14 @@ def _show(text: str) -> str:
     return repr(shown)
 
 
+_PLAIN: Final = re.compile(r"[A-Za-z0-9_ .,()+=@#%&'!~\[\]{}-]+")
+
+
 def check_name(name: str) -> str:
     """One part of a path (a file or folder name): returned if safe, else `UnsafeFileName`."""
+    if _PLAIN.fullmatch(name) and name not in (".", "..") and len(name) <= MAX_NAME_BYTES \
+            and name[-1] not in ". " and not _DEVICE_NAME.match(name):
+        return name  # the common case, decided without looking at each character
     if not name:
         raise UnsafeFileName("an empty file name")
     if name in (".", ".."):

@@ -60,6 +60,11 @@ class Receiver:
         return not self._missing and not self._requested and not self._arriving
 
     @property
+    def awaiting_headers(self) -> bool:
+        """Requests are open that the sender has not begun to answer."""
+        return bool(self._requested)
+
+    @property
     def in_flight_bytes(self) -> int:
         return self._in_flight
 

@@ -50,7 +50,7 @@ from sidedoor.identity import PublicIdentity
 from sidedoor.names import clean_name
 from sidedoor.net.connection import ChannelClosedError, ChannelStream
 from sidedoor.proto import transfer as wire
-from sidedoor.proto.framing import encode_message
+from sidedoor.proto.framing import MESSAGE_HEADER, encode_message
 from sidedoor.proto.transfer_receiver import Receiver
 from sidedoor.services.file_hashing import Offered, build_manifest
 from sidedoor.services.file_reader import SourceFiles
@@ -886,12 +886,23 @@ class Transfers:
             if wanted:
                 await stream.write(b"".join(encode_message(wire.encode(r)) for r in wanted))
 
+        loop = asyncio.get_running_loop()
+        last_data = loop.time()
+        mid_chunk = False
+
         async def read_chunks() -> None:
+            nonlocal last_data, mid_chunk
             try:
                 while True:
-                    raw = await stream.read_message(wire.MAX_CONTROL_MESSAGE, timeout=stall)
-                    if raw is None:
+                    head = await stream.read_exactly_or_eof(MESSAGE_HEADER.size)
+                    if head is None:
                         raise ChannelClosedError("the sender ended the transfer channel")
+                    (length,) = MESSAGE_HEADER.unpack(head)
+                    if length > wire.MAX_CONTROL_MESSAGE:
+                        raise MessageError(f"the sender sent a {length}-byte message")
+                    mid_chunk = True
+                    raw = await stream.read_exactly(length)
+                    last_data = loop.time()
                     message = wire.decode_pull(raw)
                     if isinstance(message, wire.Cancel):
                         reason = clean_name(message.reason, wire.MAX_REASON_LEN)
@@ -902,8 +913,8 @@ class Transfers:
                     got = offset = pending = 0
                     pieces: list[memoryview] = []
                     while got < size:
-                        async with asyncio.timeout(stall):
-                            data = await stream.read(size - got)
+                        data = await stream.read(size - got)
+                        last_data = loop.time()
                         if not data:
                             raise ChannelClosedError("the sender stopped in the middle of a "
                                                      "chunk")
@@ -928,14 +939,27 @@ class Transfers:
                             offset += pending
                             pending = 0
                             pieces = []
+                    mid_chunk = False
             except Exception as exc:
                 events.put_nowait(("error", exc))
+
+        async def watchdog() -> None:
+            # One timer for the whole channel, not one per read: a sender owing us data
+            # (requests open, or a chunk begun) that sends nothing for `stall` is given up.
+            while True:
+                await asyncio.sleep(stall / 4)
+                owed = mid_chunk or machine.awaiting_headers
+                if owed and loop.time() - last_data > stall:
+                    events.put_nowait(("error", PeerTimeout(
+                        f"the sender sent nothing for {stall:g} s")))
+                    return
 
         def finished(file: int, fut: asyncio.Future[str]) -> None:
             events.put_nowait(("finished", file, fut))
 
         await send_requests()
-        reader = asyncio.get_running_loop().create_task(read_chunks())
+        reader = loop.create_task(read_chunks())
+        guard = loop.create_task(watchdog())
         try:
             while not machine.complete or finishing:
                 item = await events.get()
@@ -982,9 +1006,12 @@ class Transfers:
                 if time.monotonic() - progress.last_flush > FLUSH_INTERVAL:
                     await self._save(record, progress, machine)
         finally:
+            guard.cancel()
             reader.cancel()
             with contextlib.suppress(BaseException):
                 await reader
+            with contextlib.suppress(BaseException):
+                await guard
             # Writes already handed to the worker finish before anything else runs on it.
             while not events.empty():
                 left = events.get_nowait()
