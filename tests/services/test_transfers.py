@@ -440,3 +440,30 @@ async def test_a_sender_going_silent_mid_chunk_is_given_up_on(
     evil.restore()
     await until_status(bob, tid, "done", timeout=15)
     assert (dest / "file.bin").read_bytes() == data
+
+
+async def test_a_bulk_transfer_does_not_stall_other_channels(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+
+    async def echo(remote: PublicIdentity, stream: ChannelStream) -> None:
+        await stream.write(await stream.read_all(1024, timeout=5))
+        stream.end()
+
+    bob.add_channel_handler("test-echo", echo)
+    make_file(work / "big.bin", 96 << 20)
+    sent = await alice.transfers.send([str(work / "big.bin")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    await bob.transfers.accept(sent["id"], str(work / "dl"))
+    conn = await alice.reach(bob.public.key)
+    loop = asyncio.get_running_loop()
+    latencies = []
+    while (await status_of(bob, sent["id"]))["status"] != "done":
+        start = loop.time()
+        stream = await conn.open_channel("test-echo", timeout=5)
+        await stream.write(b"ping")
+        stream.end()
+        assert await stream.read_all(1024, timeout=5) == b"ping"
+        latencies.append(loop.time() - start)
+    assert latencies, "the transfer ended before any round trip"
+    assert max(latencies) < 0.5, latencies

@@ -711,12 +711,10 @@ class Transfers:
             raise TransferError(f"that transfer is {record.status}; only a failed, cancelled "
                                 "or declined one can be retried")
         if record.direction == "out":
-            assert record.sources is not None
-            paths = sorted({s for s in record.sources})
-            if not paths:
-                raise TransferError("nothing to send again")
             # The files may have changed: a new offer with a new manifest.
             tops = self._top_sources(record)
+            if not tops:
+                raise TransferError("nothing to send again")
             return await self.send(tops, PublicIdentity(record.peer).address, record.note)
         if record.status == "declined":
             raise TransferError("you declined it; ask the sender to send it again")
@@ -854,7 +852,7 @@ class Transfers:
         found: set[tuple[int, int]] = set()
         for f, entry in enumerate(manifest.files):
             missing = [c for c in range(entry.chunks) if (f, c) not in verified]
-            if missing and len(missing) < entry.chunks + 1:
+            if missing:
                 found.update((f, c) for c in writer.recover(f, missing))
         return found
 
