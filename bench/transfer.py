@@ -44,7 +44,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,7 +117,7 @@ class Side:
                 raise RuntimeError(f"{self.proc.args} timed out")
             time.sleep(0.002)
         self.proc.returncode = os.waitstatus_to_exitcode(status)
-        out, err = self.proc.communicate()
+        _, err = self.proc.communicate()
         if self.proc.returncode != 0 and self.check:
             raise RuntimeError(f"{self.proc.args} failed: {err.decode(errors='replace')[-500:]}")
         self.cpu = usage.ru_utime + usage.ru_stime
@@ -338,7 +338,7 @@ class Wormhole:
         recv = Side(receiver)
         recv.wait()
         send.wait()
-        seconds = time.perf_counter() - start + 0.0
+        seconds = time.perf_counter() - start
         return Sample(seconds, send.cpu, recv.cpu, send.maxrss, recv.maxrss)
 
     def close(self) -> None:
