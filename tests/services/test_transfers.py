@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -467,3 +468,38 @@ async def test_a_bulk_transfer_does_not_stall_other_channels(
         latencies.append(loop.time() - start)
     assert latencies, "the transfer ended before any round trip"
     assert max(latencies) < 0.5, latencies
+
+
+async def test_files_renamed_before_a_crash_recorded_them_are_not_fetched_again(
+        node_factory: NodeFactory, work: Path, tmp_path: Path) -> None:
+    alice: Node = await node_factory()
+    bob_home = tmp_path / "bob-home"
+    bob_home.mkdir()
+    bob: Node = await node_factory(home=bob_home)
+    await befriend(alice, bob)
+    port = bob.port
+    for i in range(30):
+        make_file(work / "src" / "docs" / f"f{i}.txt", 100 + i, seed=i)
+    make_file(work / "src" / "docs" / "empty.txt", 0)
+    sent = await alice.transfers.send([str(work / "src" / "docs")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    dest = work / "dl"
+    await bob.transfers.accept(sent["id"], str(dest))
+    await until_status(bob, sent["id"], "done")
+    await until_status(alice, sent["id"], "done")
+    before = sorted(p.name for p in (dest / "docs").iterdir())
+    await bob.aclose()
+    # As if Bob had died after the renames and before his records of them.
+    assert bob.db is not None
+    tid = bytes.fromhex(sent["id"])
+    db = sqlite3.connect(bob_home / "sidedoor.db")
+    with db:
+        db.execute("DELETE FROM transfer_files WHERE transfer = ?", (tid,))
+        db.execute("DELETE FROM transfer_chunks WHERE transfer = ?", (tid,))
+        db.execute("UPDATE transfers SET status = 'receiving', notice = '' WHERE id = ?",
+                   (tid,))
+    db.close()
+    bob = await node_factory(home=bob_home, port=port)
+    info = await until_status(bob, sent["id"], "done")
+    assert sorted(p.name for p in (dest / "docs").iterdir()) == before  # no "f1 (1).txt"
+    assert info["bytes_received"] == sum(100 + i for i in range(30))  # nothing came twice

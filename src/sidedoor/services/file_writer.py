@@ -216,6 +216,18 @@ class IncomingFiles:
             return digest, None
         return digest, self.finish(file)
 
+    def write_files(self, items: list[tuple[int, int, list[memoryview], bytes]]
+                    ) -> list[tuple[bytes, str | None] | FileDamaged]:
+        """Small files, each arriving whole in one piece: `write_last` for every one of
+        (file, chunk, pieces, expected), in one trip to this thread."""
+        results: list[tuple[bytes, str | None] | FileDamaged] = []
+        for file, chunk, pieces, expected in items:
+            try:
+                results.append(self.write_last(file, chunk, 0, pieces, expected))
+            except FileDamaged as exc:
+                results.append(exc)
+        return results
+
     def abort_chunks(self) -> None:
         """The sender went away mid-chunk: what arrived of unfinished chunks is discarded."""
         self._hashers.clear()
@@ -235,7 +247,7 @@ class IncomingFiles:
             return []
         except OSError as exc:
             raise _os_error(exc, f"cannot read {entry.path!r}", self.dest) from exc
-        found = []
+        found: list[int] = []
         try:
             length = os.fstat(fd).st_size
             buf = bytearray(READ_SIZE)
@@ -257,6 +269,32 @@ class IncomingFiles:
         finally:
             os.close(fd)
         return found
+
+    def placed(self, file: int) -> str | None:
+        """The file's path if it is already in place, whole (renamed just before a crash,
+        before that was recorded): no partial file, and the final name holds a regular
+        file of the offered size, time and hashes. None otherwise."""
+        entry = self.manifest.files[file]
+        dir_fd, name = self._location(file)
+        try:
+            os.lstat(partial_name(self.transfer, file), dir_fd=dir_fd)
+            return None
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_size != entry.size
+                    or st.st_mtime_ns != entry.mtime_ns
+                    or hash_chunks(fd, entry.size, self._buffer) != entry.hashes):
+                return None
+        finally:
+            os.close(fd)
+        parts = self._mapped(self._parts[file])
+        return "/".join(parts)
 
     def finish(self, file: int) -> str:
         """Verify the whole file on disk, set its mode and time, rename it into place.

@@ -66,6 +66,7 @@ T = TypeVar("T")
 PIECE = 1 << 20  # disk reads and writes, and hand-offs to the worker thread, are this big
 SEND_BATCH = 64  # most requests read in one trip to the worker thread
 SMALL_PIECE = 64 << 10  # smaller pieces are joined with their neighbours into one write
+SMALL_BATCH = 64  # whole small files handed to the receiver's worker thread at once
 PROGRESS_INTERVAL = 0.25
 FLUSH_INTERVAL = 0.25
 REACH_TIMEOUT = 10.0
@@ -783,7 +784,13 @@ class Transfers:
             finished = await self._db(self.store.finished_files, tid)
             for f in finished:
                 verified.update((f, c) for c in range(manifest.files[f].chunks))
-            verified |= await on_thread(self._recover, writer, manifest, verified)
+            found, placed = await on_thread(self._recover, writer, manifest, verified,
+                                            finished)
+            verified |= found
+            for f, path in placed.items():
+                verified.update((f, c) for c in range(manifest.files[f].chunks))
+                progress.files.append((f, path))
+                finished[f] = path
             machine = Receiver(manifest, verified)
             unfinished = [f for f in machine.complete_files() if f not in finished]
             for f in unfinished:
@@ -848,13 +855,24 @@ class Transfers:
 
     @staticmethod
     def _recover(writer: IncomingFiles, manifest: wire.Manifest,
-                 verified: set[tuple[int, int]]) -> set[tuple[int, int]]:
+                 verified: set[tuple[int, int]], finished: dict[int, str]
+                 ) -> tuple[set[tuple[int, int]], dict[int, str]]:
+        """What a restart finds on disk beyond the records: chunks in partial files that
+        hash right, and whole files already renamed into place."""
         found: set[tuple[int, int]] = set()
+        placed: dict[int, str] = {}
         for f, entry in enumerate(manifest.files):
+            if f in finished:
+                continue
             missing = [c for c in range(entry.chunks) if (f, c) not in verified]
+            if len(missing) == entry.chunks:
+                path = writer.placed(f)
+                if path is not None:
+                    placed[f] = path
+                    continue
             if missing:
                 found.update((f, c) for c in writer.recover(f, missing))
-        return found
+        return found, placed
 
     async def _save(self, record: TransferRecord, progress: _Progress,
                     machine: Receiver | None) -> None:
@@ -888,8 +906,19 @@ class Transfers:
         last_data = loop.time()
         mid_chunk = False
 
+        small: list[tuple[int, int, list[memoryview], bytes]] = []
+        flush_due = False
+
+        def flush_small() -> None:
+            # Whole small files go to the worker thread together: one trip for many.
+            nonlocal small, flush_due
+            flush_due = False
+            if small:
+                items, small = small, []
+                events.put_nowait(("files", items, on_thread(writer.write_files, items)))
+
         async def read_chunks() -> None:
-            nonlocal last_data, mid_chunk
+            nonlocal last_data, mid_chunk, flush_due
             try:
                 while True:
                     head = await stream.read_exactly_or_eof(MESSAGE_HEADER.size)
@@ -925,11 +954,23 @@ class Transfers:
                             if last and machine.chunks_left(message.file) == 1:
                                 # Its file's last chunk: write, verify and rename in one trip.
                                 expected = manifest.files[message.file].hash_of(message.chunk)
-                                fut = on_thread(writer.write_last, message.file,
-                                                message.chunk, offset, pieces, expected)
-                                events.put_nowait(("file", message.file, message.chunk, fut,
-                                                   expected))
+                                if offset == 0:
+                                    small.append((message.file, message.chunk, pieces,
+                                                  expected))
+                                    if len(small) >= SMALL_BATCH:
+                                        flush_small()
+                                    elif not flush_due:
+                                        # Runs when this reader next waits for data.
+                                        flush_due = True
+                                        loop.call_soon(flush_small)
+                                else:
+                                    flush_small()
+                                    fut = on_thread(writer.write_last, message.file,
+                                                    message.chunk, offset, pieces, expected)
+                                    events.put_nowait(("file", message.file, message.chunk,
+                                                       fut, expected))
                             else:
+                                flush_small()
                                 fut = on_thread(writer.write, message.file, message.chunk,
                                                 offset, pieces, last)
                                 events.put_nowait(("piece", message.file, message.chunk, fut,
@@ -951,6 +992,22 @@ class Transfers:
                     events.put_nowait(("error", PeerTimeout(
                         f"the sender sent nothing for {stall:g} s")))
                     return
+
+        async def settle(file: int, chunk: int, expected: bytes,
+                         result: tuple[bytes, str | None] | FileDamaged) -> None:
+            """The outcome of a file's last chunk, written and finished in one trip."""
+            if isinstance(result, FileDamaged):
+                machine.on_digest(file, chunk, expected)
+                log.warning("transfer %s: %s", record.hex[:8], result)
+                machine.reopen_file(file)
+                progress.chunks = [c for c in progress.chunks if c[0] != file]
+                await self._db(self.store.forget_chunks, record.id, file)
+                return
+            digest, path = result
+            machine.on_digest(file, chunk, digest)  # raises if it is wrong
+            assert path is not None
+            progress.chunks.append((file, chunk))
+            progress.files.append((file, path))
 
         def finished(file: int, fut: asyncio.Future[str]) -> None:
             events.put_nowait(("finished", file, fut))
@@ -975,18 +1032,13 @@ class Transfers:
                         progress.chunks.append((file, chunk))
                     case ("file", file, chunk, fut, expected):
                         try:
-                            digest, path = await fut
+                            await settle(file, chunk, expected, await fut)
                         except FileDamaged as exc:
-                            machine.on_digest(file, chunk, expected)
-                            log.warning("transfer %s: %s", record.hex[:8], exc)
-                            machine.reopen_file(file)
-                            progress.chunks = [c for c in progress.chunks if c[0] != file]
-                            await self._db(self.store.forget_chunks, record.id, file)
-                        else:
-                            machine.on_digest(file, chunk, digest)  # raises if it is wrong
-                            assert path is not None
-                            progress.chunks.append((file, chunk))
-                            progress.files.append((file, path))
+                            await settle(file, chunk, expected, exc)
+                    case ("files", items, fut):
+                        for (file, chunk, _, expected), result in zip(
+                                items, await fut, strict=True):
+                            await settle(file, chunk, expected, result)
                     case ("finished", file, fut):
                         finishing -= 1
                         try:
@@ -1013,9 +1065,22 @@ class Transfers:
             # Writes already handed to the worker finish before anything else runs on it.
             while not events.empty():
                 left = events.get_nowait()
-                if left[0] in ("piece", "file"):
+                if left[0] == "piece":
                     with contextlib.suppress(BaseException):
                         await left[3]
+                elif left[0] in ("file", "files"):
+                    # Files renamed into place are recorded, or a resume would fetch
+                    # them again under a new name.
+                    items = ([(left[1], left[2], None, left[4])] if left[0] == "file"
+                             else left[1])
+                    with contextlib.suppress(BaseException):
+                        results = await (left[3] if left[0] == "file" else left[2])
+                        for (file, chunk, _, _), result in zip(
+                                items, results if left[0] == "files" else [results],
+                                strict=True):
+                            if isinstance(result, tuple) and result[1] is not None:
+                                progress.chunks.append((file, chunk))
+                                progress.files.append((file, result[1]))
                 elif left[0] == "finished":
                     with contextlib.suppress(BaseException):
                         progress.files.append((left[1], left[2].result()))
