@@ -65,6 +65,7 @@ T = TypeVar("T")
 
 PIECE = 1 << 20  # disk reads and writes, and hand-offs to the worker thread, are this big
 SEND_BATCH = 64  # most requests read in one trip to the worker thread
+READ_AHEAD = 8  # batches read ahead of the network: a busy machine wakes threads late
 SMALL_PIECE = 64 << 10  # smaller pieces are joined with their neighbours into one write
 SMALL_BATCH = 64  # whole small files handed to the receiver's worker thread at once
 PROGRESS_INTERVAL = 0.25
@@ -484,8 +485,8 @@ class Transfers:
         manifest = source.manifest
         loop = asyncio.get_running_loop()
         requests: asyncio.Queue[wire.ChunkRequest | None] = asyncio.Queue()
-        batches: asyncio.Queue[tuple[list[tuple[int, int, int, int, int]],
-                                     asyncio.Future[list[bytes]]] | None] = asyncio.Queue(2)
+        Batch = tuple[list[tuple[int, int, int, int, int]], asyncio.Future[list[bytes]]]
+        batches: asyncio.Queue[Batch | None] = asyncio.Queue(READ_AHEAD)
         if live.bytes_sent is None:
             live.bytes_sent = record.bytes_sent
         last_save = time.monotonic()
