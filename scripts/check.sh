@@ -5,11 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System packages the tests use, installed only if missing: iproute2 (network
-# namespaces), nftables (NAT routers and packet loss in the lab), avahi (the mDNS
+# namespaces), nftables (NAT routers and packet loss in the lab), conntrack (a
+# router forgets its old mappings when a test changes its rules), avahi (the mDNS
 # interop test runs a private avahi-daemon inside a namespace).
 need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
+command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
 command -v avahi-daemon >/dev/null 2>&1 || need_apt+=(avahi-daemon)
 command -v avahi-browse >/dev/null 2>&1 || need_apt+=(avahi-utils)
 if [ ${#need_apt[@]} -gt 0 ]; then

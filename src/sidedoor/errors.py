@@ -16,6 +16,8 @@ The hierarchy::
     │   ├── NodeNotRunning           no node answers for this home
     │   ├── NodeAlreadyRunning       a second ``up`` for the same home
     │   └── ControlAPIError          the control API refused or failed a request
+    ├── InvalidBrokerAddress         a broker address that does not parse
+    ├── BrokerError                  a broker refused or failed a request (quota, not found, ...)
     ├── ConnectError                 a peer could not be reached (refused, timed out, unreachable)
     └── ProtocolError                the rules of the wire protocol were broken
         ├── LocalProtocolError       by us: a bug, or an API used in the wrong state
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 __all__ = [
     "BadChunk",
+    "BrokerError",
     "ConnectError",
     "ContactError",
     "ControlAPIError",
@@ -58,6 +61,7 @@ __all__ = [
     "IdentityMismatch",
     "InsecureKeyFile",
     "InvalidAddress",
+    "InvalidBrokerAddress",
     "InvalidCard",
     "InvalidInviteCode",
     "InviteFailed",
@@ -124,6 +128,14 @@ class ControlAPIError(NodeError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class InvalidBrokerAddress(SidedoorError, ValueError):
+    """Not a ``sidedoor-broker://HOST:PORT/ADDRESS`` address."""
+
+
+class BrokerError(SidedoorError):
+    """A broker refused a request or could not do it; the message says why."""
 
 
 class ConnectError(SidedoorError):
