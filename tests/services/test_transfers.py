@@ -459,6 +459,7 @@ async def test_a_bulk_transfer_does_not_stall_other_channels(
     conn = await alice.reach(bob.public.key)
     loop = asyncio.get_running_loop()
     latencies = []
+    began = loop.time()
     while (await status_of(bob, sent["id"]))["status"] != "done":
         start = loop.time()
         stream = await conn.open_channel("test-echo", timeout=5)
@@ -466,8 +467,10 @@ async def test_a_bulk_transfer_does_not_stall_other_channels(
         stream.end()
         assert await stream.read_all(1024, timeout=5) == b"ping"
         latencies.append(loop.time() - start)
-    assert latencies, "the transfer ended before any round trip"
-    assert max(latencies) < 0.5, latencies
+    took = loop.time() - began
+    # A channel starved by the bulk would wait about as long as the transfer itself.
+    assert len(latencies) >= 3, (took, latencies)
+    assert max(latencies) < max(0.5, took / 4), (took, latencies)
 
 
 async def test_files_renamed_before_a_crash_recorded_them_are_not_fetched_again(
