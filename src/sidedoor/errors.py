@@ -12,6 +12,8 @@ The hierarchy::
     │   └── InsecureKeyFile          the key file is readable by other users
     ├── StorageError                 the node's database cannot be opened or migrated
     ├── DiscoveryError               LAN discovery (mDNS) cannot start
+    ├── TransferError                a file transfer cannot be done (unknown transfer, bad path)
+    │   └── DiskFull                 the destination has no room for what is offered
     ├── NodeError                    the local node, seen from the CLI
     │   ├── NodeNotRunning           no node answers for this home
     │   ├── NodeAlreadyRunning       a second ``up`` for the same home
@@ -29,6 +31,9 @@ The hierarchy::
             ├── DecryptError         a transport message failed authentication
             │                        (forged, replayed, reordered)
             ├── MessageError         a message that is malformed or not allowed in this state
+            │   └── UnsafeFileName   a file name from the wire that could escape its folder
+            ├── BadChunk             file data not asked for, of the wrong size, or not
+            │                        matching its hash
             ├── InviteFailed         an invite code did not match (typo, or someone else's guess)
             ├── InvalidCard          a contact card that is malformed or has a bad signature
             ├── NotAllowed           the peer refused us (we are not its contact, or blocked)
@@ -43,6 +48,7 @@ re-raised as one of these with ``raise ... from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "BadChunk",
     "BrokerError",
     "ChatError",
     "ChatRefused",
@@ -51,6 +57,7 @@ __all__ = [
     "ControlAPIError",
     "DecryptError",
     "DiscoveryError",
+    "DiskFull",
     "FlowControlError",
     "FrameTooLarge",
     "HandshakeFailed",
@@ -73,6 +80,8 @@ __all__ = [
     "RemoteProtocolError",
     "SidedoorError",
     "StorageError",
+    "TransferError",
+    "UnsafeFileName",
     "VersionMismatch",
 ]
 
@@ -210,3 +219,22 @@ class FlowControlError(RemoteProtocolError):
 
 class PeerTimeout(RemoteProtocolError):
     """The peer stopped answering (handshake or idle timeout)."""
+
+
+class TransferError(SidedoorError):
+    """A file transfer cannot be done: an unknown transfer, a path that cannot be sent, ..."""
+
+
+class DiskFull(TransferError):
+    """The destination has no room for the files; free some space, or choose another folder."""
+
+
+class UnsafeFileName(MessageError):
+    """A file name from the other node could point outside the folder it is written to."""
+
+
+class BadChunk(RemoteProtocolError):
+    """The sender sent file data we did not ask for, of the wrong size, or not matching its hash.
+
+    The data is discarded and the transfer stopped: a sender that lies is cut off.
+    """

@@ -55,6 +55,7 @@ from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
 from sidedoor.services.mail import Mail
+from sidedoor.services.transfers import Transfers
 from sidedoor.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -223,6 +224,8 @@ class Node:
         self.invites = Invites(self)
         self.invites.register()
         self.mail = Mail(self)
+        self.transfers = Transfers(self)
+        self.transfers.register()
         CardUpdates(self).register()
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
@@ -269,6 +272,7 @@ class Node:
             for url in await db.run(db.brokers):
                 self._link(BrokerAddress.parse(url))
             await self.chat.start()
+            await self.transfers.start()
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
@@ -378,6 +382,7 @@ class Node:
             return
         self._closed = True
         self._stopped.set()
+        await self.transfers.aclose()
         if self._server is not None:
             self._server.close()
         if self.discovery is not None:

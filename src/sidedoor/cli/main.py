@@ -16,7 +16,7 @@ from rich.table import Table
 
 from sidedoor import __version__
 from sidedoor.cli import chat as chat_cli
-from sidedoor.cli import people
+from sidedoor.cli import files, people
 from sidedoor.cli.broker import (
     broker_add_command,
     broker_command,
@@ -25,6 +25,7 @@ from sidedoor.cli.broker import (
     print_broker_status,
 )
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
+from sidedoor.cli.config import config_group
 from sidedoor.cli.demo import demo_command
 from sidedoor.control.server import parse_host_port
 from sidedoor.daemon import run_node, setup_logging, start_detached, wait_for_exit
@@ -339,6 +340,8 @@ cli.add_command(broker_command)
 cli.add_command(broker_add_command)
 cli.add_command(broker_remove_command)
 cli.add_command(brokers_command)
+cli.add_command(config_group)
+files.register(cli)
 
 
 def main() -> None:

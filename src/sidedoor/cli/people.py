@@ -15,8 +15,6 @@ from rich.table import Table
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, out, pass_ctx, safe
 from sidedoor.control.client import ControlClient
 from sidedoor.errors import ContactError
-from sidedoor.home import ensure_home
-from sidedoor.storage.db import Database
 
 
 def _call(ctx: Context, method: str, path: str, body: dict[str, Any] | None = None,
@@ -26,7 +24,7 @@ def _call(ctx: Context, method: str, path: str, body: dict[str, Any] | None = No
 
 def register(cli: click.Group) -> None:
     for command in (contacts_command, contact_group, requests_group, add_command,
-                    invite_command, join_command, nearby_command, config_group):
+                    invite_command, join_command, nearby_command):
         cli.add_command(command)
 
 
@@ -413,64 +411,6 @@ def nearby_command(ctx: Context, as_json: bool) -> None:
         table.add_row(safe(p["number"]), safe(p["name"]), safe(p["fingerprint"]),
                       {"contact": "yes", "blocked": "blocked"}.get(p["standing"], "no"))
     out.print(table)
-
-
-@click.group("config")
-def config_group() -> None:
-    """Read or change a setting of this node.
-
-    \b
-    Settings:
-      discovery   on | off   announce this node on the LAN and see colleagues there
-
-    \b
-    Example:
-      sidedoor config set discovery off
-      sidedoor config get discovery
-    """
-
-
-SETTINGS = {"discovery": ("on", "off")}
-
-
-@config_group.command("set")
-@click.argument("key", type=click.Choice(sorted(SETTINGS)))
-@click.argument("value")
-@pass_ctx
-def config_set(ctx: Context, key: str, value: str) -> None:
-    """Change a setting (takes effect when the node next starts).
-
-    \b
-    Example:
-      sidedoor config set discovery off
-    """
-    if value not in SETTINGS[key]:
-        raise click.BadParameter(f"{key} is one of: {', '.join(SETTINGS[key])}",
-                                 param_hint="VALUE")
-    db = Database(ensure_home(ctx.home))
-    try:
-        db.set_setting(key, value)
-    finally:
-        db.close()
-    out.print(f"{key} = {safe(value)} (restart the node for it to apply: "
-              "sidedoor down; sidedoor up)")
-
-
-@config_group.command("get")
-@click.argument("key", type=click.Choice(sorted(SETTINGS)))
-@pass_ctx
-def config_get(ctx: Context, key: str) -> None:
-    """Show a setting.
-
-    \b
-    Example:
-      sidedoor config get discovery
-    """
-    db = Database(ensure_home(ctx.home))
-    try:
-        click.echo(db.get_setting(key, SETTINGS[key][0]))
-    finally:
-        db.close()
 
 
 @click.command("join")

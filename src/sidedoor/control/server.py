@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidedoor.control import brokers, chat, people
+from sidedoor.control import brokers, chat, files, people
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
 from sidedoor.home import CONTROL_FILE
 from sidedoor.identity import PublicIdentity
@@ -72,6 +72,7 @@ class ControlServer:
         people.add_routes(app, self.node, self._json_body)
         brokers.add_routes(app, self.node, self._json_body)
         chat.add_routes(app, self.node, self._json_body)
+        files.add_routes(app, self.node, self._json_body)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)

@@ -1,0 +1,549 @@
+"""Benchmark: sidedoor send next to the tools a power user would reach for, on loopback.
+
+    python bench/transfer.py [--rounds 5] [--size-mib 1024] [--files 10000] [--only TOOLS]
+
+Two cases: one large file (``--size-mib``) and a folder of ``--files`` files of 10 KiB.
+Tools, in interleaved rounds within one run (medians are compared):
+
+* sidedoor   two ``sidedoor up`` nodes (separate processes, encrypted session), driven
+             through the control API: offer, auto-accept, pull, verify, rename
+* scp        OpenSSH, default cipher (chacha20-poly1305) and ``-c aes128-gcm``
+* rsync      ``rsync -a`` over the same ssh
+* wormhole   magic-wormhole with a local mailbox server and transit relay (in its own
+             virtualenv: its dependencies want a newer ``cryptography`` than sidedoor's)
+* socat      raw TCP (a ``tar`` stream for the folder): the ceiling
+
+The ssh server is private: ``sshd -i`` behind a one-connection ``socat`` listener on a
+loopback port, with a throwaway host key and authorized key in a temporary folder.
+Each side of each tool runs under its own parent here, so its CPU time and peak
+memory come from ``wait4`` (the largest single process of the side); the long-lived
+sidedoor nodes are measured from ``/proc`` (CPU delta, ``VmHWM`` reset before each
+round through ``clear_refs``).
+
+Traps of this VM, handled: the page cache is warmed by reading a large sparse file
+before timing (the first write into free memory costs about 2.3 s/GiB of kernel
+time); every destination is a fresh folder that is kept until the end (creating
+many files just after deleting many is several times slower), and the file-creation
+speed is measured and printed before the small-file case. Every copy is checked
+against the source's BLAKE3 hash (outside the timing). One untimed warm-up round
+runs first (sidedoor then also has its hash cache filled, as after any earlier send).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+HOST = "127.0.0.1"
+MiB = 1 << 20
+WORMHOLE_VENV = Path(os.environ.get("SIDEDOOR_BENCH_VENV", "/opt/sidedoor-bench-venv"))
+SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+            "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
+
+
+@dataclass
+class Sample:
+    seconds: float
+    cpu_send: float
+    cpu_recv: float
+    mem_send: int  # bytes
+    mem_recv: int
+
+
+@dataclass
+class Tool:
+    name: str
+    run: Callable[[Path, Path], Sample]  # (source, fresh destination folder) -> sample
+    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    note: str = ""
+
+
+# ---------------------------------------------------------------- helpers
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    """Until something listens on ``port`` (seen in /proc: a probe connection would be
+    taken by a one-connection listener as its one connection)."""
+    deadline = time.monotonic() + timeout
+    wanted = f":{port:04X} "
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if (fields[1] + " ").endswith(wanted) and fields[3] == "0A":
+                return
+        time.sleep(0.005)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+GNU_TIME = Path("/usr/bin/time")
+
+
+class Side:
+    """A process tree whose CPU time and peak memory are measured.
+
+    With GNU time (``/usr/bin/time``) between us and the tool, the peak is the tool's
+    own: ``wait4`` on a child forked from this Python process would count the forked
+    copy of the benchmark itself (about 45 MB) as the child's peak.
+    """
+
+    def __init__(self, argv: list[str], check: bool = True, **kwargs: object) -> None:
+        self.check = check
+        self.report: Path | None = None
+        if GNU_TIME.exists():
+            fd, name = tempfile.mkstemp(prefix="sidedoor-bench-time-")
+            os.close(fd)
+            self.report = Path(name)
+            argv = [str(GNU_TIME), "-f", "%M %U %S", "-o", name, *argv]
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, **kwargs)  # type: ignore[call-overload]
+        self.cpu = 0.0
+        self.maxrss = 0
+
+    def wait(self, timeout: float = 600) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                self.proc.kill()
+                raise RuntimeError(f"{self.proc.args} timed out")
+            time.sleep(0.002)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        _, err = self.proc.communicate()
+        if self.proc.returncode != 0 and self.check:
+            raise RuntimeError(f"{self.proc.args} failed: {err.decode(errors='replace')[-500:]}")
+        self.cpu = usage.ru_utime + usage.ru_stime
+        self.maxrss = usage.ru_maxrss * 1024
+        if self.report is not None:
+            fields = self.report.read_text().split()[-3:]
+            self.report.unlink()
+            with contextlib.suppress(ValueError, IndexError):
+                self.maxrss = int(fields[0]) * 1024
+                self.cpu = float(fields[1]) + float(fields[2])
+
+
+def pair(receiver: list[str], sender: list[str], port: int | None = None,
+         env: dict[str, str] | None = None, check_receiver: bool = True) -> Sample:
+    recv = Side(receiver, check=check_receiver, env=env)
+    if port is not None:
+        wait_port(port)
+    start = time.perf_counter()
+    send = Side(sender, env=env)
+    send.wait()
+    recv.wait()
+    seconds = time.perf_counter() - start
+    return Sample(seconds, send.cpu, recv.cpu, send.maxrss, recv.maxrss)
+
+
+def tree_digest(path: Path) -> str:
+    """BLAKE3 over every file's relative name and bytes (a single file: its bytes)."""
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if path.is_file():
+        with path.open("rb") as f:
+            while block := f.read(8 * MiB):
+                h.update(block)
+        return h.hexdigest()
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = Path(root) / name
+            h.update(str(full.relative_to(path)).encode() + b"\0")
+            h.update(full.read_bytes())
+    return h.hexdigest()
+
+
+def proc_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_hwm(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def reset_hwm(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+# ---------------------------------------------------------------- sidedoor
+
+class SidedoorPair:
+    """Two ``sidedoor up`` nodes that are each other's contacts; Bob accepts from Ann."""
+
+    def __init__(self, base: Path) -> None:
+        self.homes = {"ann": base / "ann", "bob": base / "bob"}
+        env = dict(os.environ)
+        env.pop("SIDEDOOR_HOME", None)
+        self.env = env
+        self.ports: dict[str, int] = {}
+        self.tokens: dict[str, str] = {}
+        self.pids: dict[str, int] = {}
+        for name, home in self.homes.items():
+            self.cli(home, "name", name.title())
+            self.cli(home, "up", "--detach", "--host", HOST, "--no-discovery")
+            info = json.loads((home / "control.json").read_text())
+            self.ports[name], self.tokens[name], self.pids[name] = (
+                info["port"], info["token"], info["pid"])
+        status = self.api("ann", "GET", "/v1/status")
+        self.api("bob", "POST", "/v1/add", {"address": status["address"],
+                                            "addrs": [f"{HOST}:{status['port']}"]})
+        request = self.api("ann", "GET", "/v1/requests")["incoming"][0]
+        self.api("ann", "POST", f"/v1/requests/{request['id']}/accept", {})
+        self.cli(self.homes["bob"], "config", "set", "auto-accept", "Ann")
+
+    def cli(self, home: Path, *args: str) -> None:
+        subprocess.run([sys.executable, "-m", "sidedoor", "--home", str(home), *args],
+                       check=True, capture_output=True, env=self.env, timeout=60)
+
+    def api(self, who: str, method: str, path: str, body: object = None) -> dict[str, object]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"http://{HOST}:{self.ports[who]}{path}", data=data, method=method,
+            headers={"Authorization": f"Bearer {self.tokens[who]}",
+                     "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=600) as response:
+            result: dict[str, object] = json.loads(response.read())
+            return result
+
+    def run(self, source: Path, dest: Path) -> Sample:
+        self.cli(self.homes["bob"], "config", "set", "downloads", str(dest))
+        ann, bob = self.pids["ann"], self.pids["bob"]
+        reset_hwm(ann)
+        reset_hwm(bob)
+        cpu_a, cpu_b = proc_cpu(ann), proc_cpu(bob)
+        start = time.perf_counter()
+        sent = self.api("ann", "POST", "/v1/transfers", {"paths": [str(source)], "to": "Bob"})
+        while True:
+            info = self.api("ann", "GET", f"/v1/transfers/{sent['id']}")
+            if info["status"] == "done":
+                break
+            if info["status"] in ("failed", "declined", "cancelled"):
+                raise RuntimeError(f"sidedoor transfer {info['status']}: {info['error']}")
+            time.sleep(0.02)
+        seconds = time.perf_counter() - start
+        return Sample(seconds, proc_cpu(ann) - cpu_a, proc_cpu(bob) - cpu_b,
+                      proc_hwm(ann), proc_hwm(bob))
+
+    def close(self) -> None:
+        for home in self.homes.values():
+            with contextlib.suppress(Exception):
+                self.cli(home, "down")
+
+
+# --------------------------------------------------------------------- ssh
+
+class PrivateSsh:
+    """``sshd -i`` behind a one-connection socat listener, keys in a temporary folder."""
+
+    def __init__(self, base: Path) -> None:
+        self.dir = base / "ssh"
+        self.dir.mkdir(mode=0o700)
+        sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+        if not Path(sshd).exists():
+            raise RuntimeError("sshd is missing: apt-get install openssh-server")
+        self.sshd = sshd
+        for name in ("host", "user"):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                            str(self.dir / name)], check=True)
+        shutil.copy(self.dir / "user.pub", self.dir / "authorized_keys")
+        (self.dir / "sshd_config").write_text(
+            f"HostKey {self.dir / 'host'}\n"
+            f"AuthorizedKeysFile {self.dir / 'authorized_keys'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "StrictModes no\nPermitRootLogin prohibit-password\nPidFile none\n"
+            "Subsystem sftp internal-sftp\nLogLevel ERROR\n")
+        Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
+
+    def listener(self) -> tuple[list[str], int]:
+        port = free_port()
+        argv = ["socat", f"TCP-LISTEN:{port},bind={HOST},reuseaddr",
+                f"EXEC:{self.sshd} -i -f {self.dir / 'sshd_config'}"]
+        return argv, port
+
+    def ssh_command(self, port: int, cipher: str | None = None) -> list[str]:
+        argv = ["ssh", "-p", str(port), "-i", str(self.dir / "user"), *SSH_OPTS]
+        if cipher:
+            argv += ["-c", cipher]
+        return argv
+
+    def scp(self, cipher: str | None) -> Callable[[Path, Path], Sample]:
+        def run(source: Path, dest: Path) -> Sample:
+            listen, port = self.listener()
+            argv = ["scp", "-q", "-r", "-P", str(port), "-i", str(self.dir / "user"),
+                    *SSH_OPTS, *(["-c", cipher] if cipher else []),
+                    str(source), f"root@{HOST}:{dest}/"]
+            # sshd -i exits 255 when the client hangs up; the client's status is the verdict.
+            return pair(listen, argv, port, check_receiver=False)
+        return run
+
+    def rsync(self, source: Path, dest: Path) -> Sample:
+        listen, port = self.listener()
+        argv = ["rsync", "-a", "-e", " ".join(self.ssh_command(port)), str(source),
+                f"root@{HOST}:{dest}/"]
+        return pair(listen, argv, port, check_receiver=False)
+
+
+# ---------------------------------------------------------------- wormhole
+
+class Wormhole:
+    """magic-wormhole with its own mailbox server and transit relay on loopback."""
+
+    def __init__(self, base: Path) -> None:
+        self.bin = WORMHOLE_VENV / "bin"
+        if not (self.bin / "wormhole").exists():
+            print(f"setting up magic-wormhole in {WORMHOLE_VENV} ...", file=sys.stderr)
+            subprocess.run([sys.executable, "-m", "venv", str(WORMHOLE_VENV)], check=True)
+            subprocess.run([str(self.bin / "pip"), "install", "-q", "magic-wormhole",
+                            "magic-wormhole-mailbox-server", "magic-wormhole-transit-relay"],
+                           check=True)
+        self.mailbox_port, self.relay_port = free_port(), free_port()
+        self.dir = base / "wormhole"
+        self.dir.mkdir()
+        self.servers = [
+            subprocess.Popen([str(self.bin / "twistd"), "-n", "--pidfile=", "-l", "-",
+                              "wormhole-mailbox", "--port",
+                              f"tcp:{self.mailbox_port}:interface={HOST}",
+                              "--channel-db", str(self.dir / "mailbox.sqlite")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=self.dir),
+            subprocess.Popen([str(self.bin / "twistd"), "-n", "--pidfile=", "-l", "-",
+                              "transitrelay", "--port",
+                              f"tcp:{self.relay_port}:interface={HOST}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=self.dir),
+        ]
+        wait_port(self.mailbox_port)
+        wait_port(self.relay_port)
+        self.count = 0
+
+    def run(self, source: Path, dest: Path) -> Sample:
+        self.count += 1
+        code = f"{self.count}-bench-round"
+        common = [str(self.bin / "wormhole"), "--relay-url",
+                  f"ws://{HOST}:{self.mailbox_port}/v1", "--transit-helper",
+                  f"tcp:{HOST}:{self.relay_port}"]
+        receiver = [*common, "receive", "--accept-file", "--hide-progress",
+                    "-o", str(dest / source.name), code]
+        sender = [*common, "send", "--code", code, "--hide-progress", str(source)]
+        # The sender must claim the code before the receiver asks for it.
+        send = Side(sender)
+        time.sleep(0.3)
+        start = time.perf_counter()
+        recv = Side(receiver)
+        recv.wait()
+        send.wait()
+        seconds = time.perf_counter() - start
+        return Sample(seconds, send.cpu, recv.cpu, send.maxrss, recv.maxrss)
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.wait(5)
+
+
+# ------------------------------------------------------------------- socat
+
+def socat_run(source: Path, dest: Path) -> Sample:
+    port = free_port()
+    if source.is_file():
+        receiver = ["socat", "-u", f"TCP-LISTEN:{port},bind={HOST},reuseaddr",
+                    f"CREATE:{dest / source.name}"]
+        sender = ["socat", "-u", f"FILE:{source}", f"TCP:{HOST}:{port}"]
+    else:
+        receiver = ["sh", "-c", f"socat -u TCP-LISTEN:{port},bind={HOST},reuseaddr - | "
+                                f"tar -C {dest} -xf -"]
+        sender = ["sh", "-c", f"tar -C {source.parent} -cf - {source.name} | "
+                              f"socat -u - TCP:{HOST}:{port}"]
+    return pair(receiver, sender, port)
+
+
+# -------------------------------------------------------------------- data
+
+def make_big(path: Path, size: int) -> None:
+    with path.open("wb") as f:
+        left = size
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_folder(path: Path, count: int, size: int = 10 * 1024) -> None:
+    for i in range(count):
+        sub = path / f"d{i // 1000:02}"
+        if i % 1000 == 0:
+            sub.mkdir(parents=True)
+        (sub / f"file{i:05}.bin").write_bytes(os.urandom(size))
+
+
+def warm_page_cache(base: Path, gib: int) -> Path:
+    """Read a sparse file of ``gib`` GiB so that memory is the guest's before timing."""
+    sparse = base / "warm.sparse"
+    with sparse.open("wb") as f:
+        f.truncate(gib << 30)
+    with sparse.open("rb") as f:
+        while f.readinto(bytearray(16 * MiB)):
+            pass
+    return sparse
+
+
+def creation_rate(base: Path) -> float:
+    """Files created per second in a fresh folder (slow right after mass deletion)."""
+    probe = base / f"probe-{time.monotonic_ns()}"
+    probe.mkdir()
+    start = time.perf_counter()
+    for i in range(2000):
+        (probe / str(i)).write_bytes(b"x")
+    return 2000 / (time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------- main
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--files", type=int, default=10_000)
+    parser.add_argument("--only", default="", help="comma-separated tool names to run")
+    parser.add_argument("--cases", default="file,folder")
+    parser.add_argument("--dir", default=None, help="where to put the data (default: /tmp)")
+    args = parser.parse_args()
+
+    base = Path(tempfile.mkdtemp(prefix="sidedoor-bench-", dir=args.dir))
+    cleanups: list[Callable[[], None]] = []
+    try:
+        run_bench(base, args, cleanups)
+    finally:
+        for cleanup in reversed(cleanups):
+            with contextlib.suppress(Exception):
+                cleanup()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], None]]) -> None:
+    only = {t for t in args.only.split(",") if t}
+    wanted = lambda name: not only or name.split(" ")[0] in only  # noqa: E731
+    tools: list[Tool] = []
+    if wanted("sidedoor"):
+        sd = SidedoorPair(base / "nodes")
+        cleanups.append(sd.close)
+        tools.append(Tool("sidedoor", sd.run))
+    if shutil.which("socat") and wanted("socat"):
+        tools.append(Tool("socat (raw TCP)", socat_run))
+    if wanted("scp") or wanted("rsync"):
+        try:
+            ssh = PrivateSsh(base)
+        except RuntimeError as exc:
+            print(f"no scp/rsync: {exc}", file=sys.stderr)
+        else:
+            if wanted("scp"):
+                tools.append(Tool("scp (chacha20)", ssh.scp(None)))
+                tools.append(Tool("scp (aes128-gcm)", ssh.scp("aes128-gcm@openssh.com")))
+            if wanted("rsync") and shutil.which("rsync"):
+                tools.append(Tool("rsync over ssh", ssh.rsync))
+    if wanted("wormhole"):
+        try:
+            wormhole = Wormhole(base)
+        except (OSError, subprocess.CalledProcessError, RuntimeError) as exc:
+            print(f"no magic-wormhole: {exc}", file=sys.stderr)
+        else:
+            cleanups.append(wormhole.close)
+            tools.append(Tool("magic-wormhole", wormhole.run))
+
+    cases: dict[str, Path] = {}
+    if "file" in args.cases:
+        big = base / "src" / "big.bin"
+        big.parent.mkdir(parents=True, exist_ok=True)
+        print(f"making a {args.size_mib} MiB file ...", file=sys.stderr)
+        make_big(big, args.size_mib * MiB)
+        cases[f"{args.size_mib} MiB file"] = big
+    if "folder" in args.cases:
+        folder = base / "src" / "folder"
+        print(f"making {args.files} files of 10 KiB ...", file=sys.stderr)
+        make_folder(folder, args.files)
+        cases[f"{args.files} x 10 KiB"] = folder
+    warm_page_cache(base, 6)
+    digests = {name: tree_digest(path) for name, path in cases.items()}
+
+    n = 0
+    for round_no in range(args.rounds + 1):
+        for case, source in cases.items():
+            if source.is_dir():
+                rate = creation_rate(base)
+                print(f"round {round_no}: file creation {rate:,.0f}/s", file=sys.stderr)
+            order = tools if round_no % 2 == 0 else list(reversed(tools))
+            for tool in order:
+                n += 1
+                dest = base / "dst" / f"{n:04}"
+                dest.mkdir(parents=True)
+                sample = tool.run(source, dest)
+                got = tree_digest(dest / source.name)
+                if got != digests[case]:
+                    raise RuntimeError(f"{tool.name}: the copy of {case} differs from the "
+                                       "source")
+                if round_no == 0:
+                    continue  # warm-up
+                tool.samples.setdefault(case, []).append(sample)
+                print(f"round {round_no} {case:>16} {tool.name:>18}: "
+                      f"{sample.seconds:7.3f} s", file=sys.stderr)
+                if source.is_file():
+                    # A 1 GiB copy kept per round adds up: drop it (files, not folders).
+                    (dest / source.name).unlink()
+
+    for case, source in cases.items():
+        size = (source.stat().st_size if source.is_file() else
+                sum(p.stat().st_size for p in source.rglob("*") if p.is_file()))
+        print(f"\n{case} ({size / 1e6:,.0f} MB), median of {args.rounds} rounds")
+        header = (f"{'tool':<18} {'seconds':>8} {'MB/s':>8} {'CPU send':>9} {'CPU recv':>9} "
+                  f"{'mem send':>9} {'mem recv':>9} {'sidedoor is':>12}")
+        print(header)
+        print("-" * len(header))
+        ref = None
+        rows = []
+        for tool in tools:
+            samples = tool.samples.get(case)
+            if not samples:
+                continue
+            med = Sample(*(statistics.median(getattr(s, f) for s in samples)
+                           for f in ("seconds", "cpu_send", "cpu_recv", "mem_send",
+                                     "mem_recv")))
+            if tool.name == "sidedoor":
+                ref = med.seconds
+            rows.append((tool.name, med))
+        for name, med in rows:
+            ratio = f"{med.seconds / ref:10.2f}x" if ref else ""
+            print(f"{name:<18} {med.seconds:8.3f} {size / med.seconds / 1e6:8.0f} "
+                  f"{med.cpu_send:9.2f} {med.cpu_recv:9.2f} {med.mem_send / 1e6:7.0f}MB "
+                  f"{med.mem_recv / 1e6:7.0f}MB {ratio:>12}")
+    print("\n'sidedoor is' = that tool's time / sidedoor's time (above 1: sidedoor is faster).")
+
+
+if __name__ == "__main__":
+    main()

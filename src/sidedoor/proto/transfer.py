@@ -1,0 +1,229 @@
+"""Messages of file transfers, the manifest, and the rules both sides check (sans-I/O).
+
+Channel kinds, all opened between contacts only:
+
+* ``file-offer`` (sender -> receiver): the sender writes one `Offer` message (the
+  transfer id, a note, the `Manifest`); the receiver answers one `OfferReply`
+  (``waiting`` for its user, ``accepted`` at once, or ``declined``) and ends.
+* ``file-pull`` (receiver -> sender): the meta is a `PullMeta` naming the transfer.
+  The receiver writes `ChunkRequest` messages, a window of them in flight; the
+  sender answers each with a `ChunkHeader` message followed by exactly ``size``
+  raw bytes (no copy through msgpack). Either side may send `Cancel` and end.
+* ``file-notice`` (either way): the meta is a `Notice` (declined, cancelled, done);
+  the receiver of the notice ends the channel.
+
+Every message on a channel is length-prefixed (`proto.framing.encode_message`).
+The receiver derives each file's chunk size from its size (`chunk_size_for`), so a
+manifest's hash lists can be checked against its sizes before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import Final, TypeVar
+
+import blake3
+import msgspec
+
+from sidedoor.errors import MessageError, UnsafeFileName
+from sidedoor.proto.file_names import check_path
+
+KIND_OFFER: Final = "file-offer"
+KIND_PULL: Final = "file-pull"
+KIND_NOTICE: Final = "file-notice"
+
+HASH_LEN: Final = 32
+TRANSFER_ID_LEN: Final = 16
+# Chunks are at least 1 MiB (few messages per byte, resume loses little) and grow by
+# powers of two so that no file has more than MAX_CHUNKS_PER_FILE of them: a file's
+# hash list stays under 256 KiB however large the file, so manifests are bounded by
+# the number of files, not their size (a 1 TiB file has 128 MiB chunks). A big chunk
+# costs no memory: both sides stream it in pieces.
+MIN_CHUNK: Final = 1 << 20
+MAX_CHUNKS_PER_FILE: Final = 8192
+MAX_FILE_SIZE: Final = 1 << 62
+MAX_FILES: Final = 100_000
+MAX_DIRS: Final = 100_000
+MAX_NOTE_LEN: Final = 280
+MAX_REASON_LEN: Final = 200
+MAX_OFFER_BYTES: Final = 64 << 20
+MAX_CONTROL_MESSAGE: Final = 4096
+
+_MODE_BITS: Final = 0o777
+
+
+def chunk_size_for(size: int) -> int:
+    """The chunk size of a file of ``size`` bytes (both sides compute it the same way)."""
+    chunk = MIN_CHUNK
+    while size > chunk * MAX_CHUNKS_PER_FILE:
+        chunk <<= 1
+    return chunk
+
+
+def chunk_count(size: int) -> int:
+    """How many chunks a file of ``size`` bytes has (an empty file has none)."""
+    chunk = chunk_size_for(size)
+    return -(-size // chunk)
+
+
+def chunk_span(size: int, index: int) -> tuple[int, int]:
+    """(offset, length) of chunk ``index`` of a file of ``size`` bytes."""
+    chunk = chunk_size_for(size)
+    offset = index * chunk
+    return offset, min(chunk, size - offset)
+
+
+def file_id(hashes: bytes) -> bytes:
+    """A file's id: the BLAKE3 hash of its chunk-hash list."""
+    return blake3.blake3(hashes).digest()
+
+
+class FileEntry(msgspec.Struct, array_like=True, frozen=True):
+    path: str  # relative, "/" between parts, checked by `check_path`
+    size: int
+    mode: int  # permission bits only (0o777)
+    mtime_ns: int
+    hashes: bytes  # the BLAKE3 hash of each chunk, concatenated
+
+    def hash_of(self, index: int) -> bytes:
+        return self.hashes[index * HASH_LEN:(index + 1) * HASH_LEN]
+
+    @property
+    def chunks(self) -> int:
+        return len(self.hashes) // HASH_LEN
+
+
+class DirEntry(msgspec.Struct, array_like=True, frozen=True):
+    path: str
+    mode: int
+    mtime_ns: int
+
+
+class Manifest(msgspec.Struct, array_like=True, frozen=True):
+    files: list[FileEntry]
+    dirs: list[DirEntry] = []
+
+    @property
+    def total_size(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+class Offer(msgspec.Struct, array_like=True, frozen=True):
+    transfer_id: bytes
+    note: str
+    manifest: Manifest
+
+
+class OfferReply(msgspec.Struct, array_like=True, frozen=True):
+    status: str  # waiting, accepted, declined
+    reason: str = ""
+
+
+class PullMeta(msgspec.Struct, array_like=True, frozen=True):
+    transfer_id: bytes
+
+
+class Notice(msgspec.Struct, array_like=True, frozen=True):
+    transfer_id: bytes
+    what: str  # declined, cancelled, done
+    reason: str = ""
+
+
+class ChunkRequest(msgspec.Struct, tag=1, array_like=True, frozen=True):
+    file: int
+    chunk: int
+
+
+class ChunkHeader(msgspec.Struct, tag=2, array_like=True, frozen=True):
+    file: int
+    chunk: int
+    size: int
+
+
+class Cancel(msgspec.Struct, tag=3, array_like=True, frozen=True):
+    reason: str
+
+
+PullMessage = ChunkRequest | ChunkHeader | Cancel
+NOTICE_KINDS: Final = ("declined", "cancelled", "done")
+REPLY_STATUSES: Final = ("waiting", "accepted", "declined")
+
+_encoder = msgspec.msgpack.Encoder()
+_pull_decoder = msgspec.msgpack.Decoder(PullMessage)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    return _encoder.encode(message)
+
+
+T = TypeVar("T")
+
+
+def decode(kind: type[T], data: bytes | memoryview) -> T:
+    try:
+        return msgspec.msgpack.decode(data, type=kind)
+    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
+        raise MessageError(f"malformed {kind.__name__}: {exc}") from exc
+
+
+def decode_pull(data: bytes | memoryview) -> ChunkRequest | ChunkHeader | Cancel:
+    try:
+        message: ChunkRequest | ChunkHeader | Cancel = _pull_decoder.decode(data)
+    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
+        raise MessageError(f"malformed transfer message: {exc}") from exc
+    return message
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Everything a receiver checks of a manifest before accepting it; `MessageError` if not.
+
+    Names must be safe (`check_path`), unique, and no file may sit where another
+    entry needs a folder; sizes, modes and times must be in range; each hash list
+    must have exactly one hash per chunk of the stated size.
+    """
+    if len(manifest.files) > MAX_FILES or len(manifest.dirs) > MAX_DIRS:
+        raise MessageError(f"the offer names more than {MAX_FILES} files or folders")
+    if not manifest.files and not manifest.dirs:
+        raise MessageError("the offer is empty")
+    file_paths: set[tuple[str, ...]] = set()
+    dir_paths: set[tuple[str, ...]] = set()
+    total = 0
+    for entry in manifest.files:
+        parts = check_path(entry.path)
+        if parts in file_paths:
+            raise MessageError(f"the offer names {entry.path!r} twice")
+        file_paths.add(parts)
+        dir_paths.update(parts[:i] for i in range(1, len(parts)))
+        if not 0 <= entry.size <= MAX_FILE_SIZE:
+            raise MessageError(f"{entry.path!r} claims an impossible size ({entry.size} bytes)")
+        total += entry.size
+        if total > MAX_FILE_SIZE:
+            raise MessageError("the offer claims more bytes than any disk holds")
+        if len(entry.hashes) != chunk_count(entry.size) * HASH_LEN:
+            raise MessageError(f"{entry.path!r}: the hash list does not match its size")
+        _check_mode_time(entry.path, entry.mode, entry.mtime_ns)
+    for directory in manifest.dirs:
+        parts = check_path(directory.path)
+        _check_mode_time(directory.path, directory.mode, directory.mtime_ns)
+        dir_paths.add(parts)
+        dir_paths.update(parts[:i] for i in range(1, len(parts)))
+    clash = file_paths & dir_paths
+    if clash:
+        raise UnsafeFileName(f"{'/'.join(min(clash))!r} is offered both as a file and a folder")
+
+
+def _check_mode_time(path: str, mode: int, mtime_ns: int) -> None:
+    if mode & ~_MODE_BITS or mode < 0:
+        raise MessageError(f"{path!r}: mode {mode:o} is not permission bits")
+    if not 0 <= mtime_ns < 1 << 63:
+        raise MessageError(f"{path!r}: impossible modification time")
+
+
+def check_request(manifest: Manifest, request: ChunkRequest) -> FileEntry:
+    """The sender's check of a chunk request; `MessageError` for one out of range."""
+    if not 0 <= request.file < len(manifest.files):
+        raise MessageError(f"a request for file #{request.file}, which the offer does not have")
+    entry = manifest.files[request.file]
+    if not 0 <= request.chunk < entry.chunks:
+        raise MessageError(f"a request for chunk {request.chunk} of {entry.path!r}, which has "
+                           f"{entry.chunks}")
+    return entry

@@ -1,0 +1,209 @@
+"""The sender's side of a manifest: walking what the user offers and hashing it.
+
+Blocking code, run on a worker thread. Files are read in `READ_SIZE` pieces into
+one reused buffer, so hashing a file of any size holds a few MiB at most; BLAKE3
+releases the GIL while it hashes. Hash lists are cached in the node's database by
+(path, size, mtime_ns): offering the same file again costs one query.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import blake3
+
+from sidedoor.errors import TransferError, UnsafeFileName
+from sidedoor.proto.file_names import MAX_DEPTH, MAX_PATH_BYTES, local_name
+from sidedoor.proto.transfer import (
+    MAX_DIRS,
+    MAX_FILES,
+    DirEntry,
+    FileEntry,
+    Manifest,
+    chunk_size_for,
+)
+from sidedoor.storage.db import Database
+
+READ_SIZE = 1 << 20
+# Files at least this large are hashed with BLAKE3's own threads (both cores).
+THREADED_HASH_MIN = 8 << 20
+
+
+@dataclass
+class Offered:
+    """What `build_manifest` found: the manifest, the local path of each file, what it skipped."""
+
+    manifest: Manifest
+    sources: list[str]
+    skipped: list[str] = field(default_factory=list)
+
+
+def hash_chunks(fd: int, size: int, buffer: bytearray | None = None) -> bytes:
+    """The concatenated BLAKE3 hashes of the chunks of the open file ``fd`` (``size`` bytes)."""
+    chunk = chunk_size_for(size)
+    buf = buffer if buffer is not None and len(buffer) >= READ_SIZE else bytearray(READ_SIZE)
+    view = memoryview(buf)
+    threads = blake3.blake3.AUTO if size >= THREADED_HASH_MIN else 1
+    hashes: list[bytes] = []
+    offset = 0
+    while offset < size:
+        hasher = blake3.blake3(max_threads=threads)
+        want = min(chunk, size - offset)
+        got = 0
+        while got < want:
+            n = os.preadv(fd, [view[:min(READ_SIZE, want - got)]], offset + got)
+            if n == 0:
+                raise TransferError("a file got shorter while it was being read")
+            hasher.update(view[:n])
+            got += n
+        hashes.append(hasher.digest())
+        offset += want
+    return b"".join(hashes)
+
+
+def _cached_hashes(db: Database | None, path: str, size: int, mtime_ns: int) -> bytes | None:
+    if db is None:
+        return None
+    row = db.call(lambda c: c.execute(
+        "SELECT hashes FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
+        (path, size, mtime_ns)).fetchone())
+    return bytes(row[0]) if row else None
+
+
+def _store_hashes(db: Database | None, rows: list[tuple[str, int, int, bytes]]) -> None:
+    if db is None or not rows:
+        return
+
+    def store(c: sqlite3.Connection) -> None:
+        c.execute("BEGIN")
+        c.executemany("INSERT INTO file_hashes(path, size, mtime_ns, hashes) VALUES(?,?,?,?) "
+                      "ON CONFLICT(path) DO UPDATE SET size = excluded.size, "
+                      "mtime_ns = excluded.mtime_ns, hashes = excluded.hashes", rows)
+        c.execute("COMMIT")
+
+    db.call(store)
+
+
+def hash_file(path: str, st: os.stat_result, buffer: bytearray) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise TransferError(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        after = os.fstat(fd)
+        if (after.st_size, after.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            raise TransferError(f"{path} changed while it was being offered; try again")
+        return hash_chunks(fd, st.st_size, buffer)
+    except OSError as exc:
+        raise TransferError(f"cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(fd)
+
+
+def build_manifest(paths: list[Path], db: Database | None = None,
+                   progress: Callable[[int], None] | None = None) -> Offered:
+    """The manifest of ``paths`` (files and folders), hashing what the cache does not know.
+
+    Each path becomes a top-level entry under its own name. Folders are walked without
+    following symbolic links; links and special files inside them are skipped and
+    listed in ``skipped``. A name that could not be written on every system (a control
+    character, a device name, ...) fails the whole offer with the path to rename.
+    """
+    files: list[FileEntry] = []
+    dirs: list[DirEntry] = []
+    sources: list[str] = []
+    skipped: list[str] = []
+    tops: set[str] = set()
+    buffer = bytearray(READ_SIZE)
+    fresh: list[tuple[str, int, int, bytes]] = []
+
+    def add_file(local: str, rel: str, st: os.stat_result) -> None:
+        if len(files) >= MAX_FILES:
+            raise TransferError(f"at most {MAX_FILES} files can be sent at once")
+        hashes = _cached_hashes(db, local, st.st_size, st.st_mtime_ns)
+        if hashes is None:
+            hashes = hash_file(local, st, buffer)
+            fresh.append((local, st.st_size, st.st_mtime_ns, hashes))
+            if len(fresh) >= 500:
+                _store_hashes(db, fresh)
+                fresh.clear()
+        files.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode) & 0o777,
+                               st.st_mtime_ns, hashes))
+        sources.append(local)
+        if progress is not None:
+            progress(st.st_size)
+
+    def rel_name(parent: str, name: str, local: str) -> str:
+        try:
+            clean = local_name(name)
+        except UnsafeFileName as exc:
+            raise TransferError(f"{local} cannot be sent under its name: {exc}; rename it") \
+                from None
+        rel = f"{parent}/{clean}" if parent else clean
+        if len(rel.encode()) > MAX_PATH_BYTES or rel.count("/") >= MAX_DEPTH:
+            raise TransferError(f"{local}: the path is too long or too deep to send")
+        return rel
+
+    for path in paths:
+        local = os.path.abspath(path)
+        try:
+            st = os.lstat(local)
+        except OSError as exc:
+            raise TransferError(f"cannot send {path}: {exc.strerror}") from exc
+        if stat.S_ISLNK(st.st_mode):
+            # A link named on the command line is what the user meant: follow it once.
+            try:
+                st = os.stat(local)
+                local = os.path.realpath(local)
+            except OSError as exc:
+                raise TransferError(f"cannot send {path}: {exc.strerror}") from exc
+        name = os.path.basename(os.path.normpath(os.path.abspath(path)))
+        top = rel_name("", unicodedata.normalize("NFC", name), local)
+        if top in tops:
+            raise TransferError(f"two of the paths are named {top!r}; send them separately")
+        tops.add(top)
+        if stat.S_ISREG(st.st_mode):
+            add_file(local, top, st)
+        elif stat.S_ISDIR(st.st_mode):
+            _walk(local, top, st, add_file, rel_name, dirs, skipped)
+        else:
+            raise TransferError(f"{path} is not a file or a folder")
+    if len(dirs) > MAX_DIRS:
+        raise TransferError(f"at most {MAX_DIRS} folders can be sent at once")
+    _store_hashes(db, fresh)
+    return Offered(Manifest(files, dirs), sources, skipped)
+
+
+def _walk(root: str, top: str, root_st: os.stat_result,
+          add_file: Callable[[str, str, os.stat_result], None],
+          rel_name: Callable[[str, str, str], str],
+          dirs: list[DirEntry], skipped: list[str]) -> None:
+    stack: list[tuple[str, str, os.stat_result]] = [(root, top, root_st)]
+    while stack:
+        local, rel, st = stack.pop()
+        dirs.append(DirEntry(rel, stat.S_IMODE(st.st_mode) & 0o777, st.st_mtime_ns))
+        try:
+            entries = sorted(os.scandir(local), key=lambda e: e.name)
+        except OSError as exc:
+            raise TransferError(f"cannot read the folder {local}: {exc.strerror}") from exc
+        subdirs = []
+        for entry in entries:
+            child = entry.path
+            try:
+                est = entry.stat(follow_symlinks=False)
+            except OSError:
+                skipped.append(child)
+                continue
+            if stat.S_ISREG(est.st_mode):
+                add_file(child, rel_name(rel, entry.name, child), est)
+            elif stat.S_ISDIR(est.st_mode):
+                subdirs.append((child, rel_name(rel, entry.name, child), est))
+            else:
+                skipped.append(child)  # links, sockets, devices: not sent
+        stack.extend(reversed(subdirs))

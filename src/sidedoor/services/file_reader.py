@@ -1,0 +1,62 @@
+"""The sender's disk: reading the chunks a receiver asks for (blocking; one worker thread).
+
+A file is checked when it is opened: if its size or modification time is no longer
+what the manifest says, it changed since it was offered, and the transfer stops
+with that reason (the receiver would reject its chunks anyway).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+
+from sidedoor.errors import TransferError
+from sidedoor.proto.transfer import Manifest, chunk_span
+
+MAX_OPEN_FILES = 32
+
+
+class SourceFiles:
+    def __init__(self, manifest: Manifest, sources: list[str]) -> None:
+        self.manifest = manifest
+        self.sources = sources
+        self._open: OrderedDict[int, int] = OrderedDict()
+
+    def _fd(self, file: int) -> int:
+        fd = self._open.get(file)
+        if fd is not None:
+            self._open.move_to_end(file)
+            return fd
+        entry, path = self.manifest.files[file], self.sources[file]
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            raise TransferError(f"{path} can no longer be read: {exc.strerror}") from exc
+        st = os.fstat(fd)
+        if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+            os.close(fd)
+            raise TransferError(f"{path} changed since it was offered; send it again")
+        self._open[file] = fd
+        while len(self._open) > MAX_OPEN_FILES:
+            os.close(self._open.popitem(last=False)[1])
+        return fd
+
+    def read(self, pieces: list[tuple[int, int, int, int]]) -> list[bytes]:
+        """The bytes of each (file, chunk, offset within the chunk, length)."""
+        out = []
+        for file, chunk, offset, length in pieces:
+            start, _ = chunk_span(self.manifest.files[file].size, chunk)
+            try:
+                data = os.pread(self._fd(file), length, start + offset)
+            except OSError as exc:
+                raise TransferError(f"cannot read {self.sources[file]}: {exc.strerror}") \
+                    from exc
+            if len(data) != length:
+                raise TransferError(f"{self.sources[file]} got shorter since it was offered")
+            out.append(data)
+        return out
+
+    def close(self) -> None:
+        for fd in self._open.values():
+            os.close(fd)
+        self._open.clear()

@@ -1,0 +1,412 @@
+"""The receiver's disk: partial files in the destination, verified, then renamed into place.
+
+Blocking code for one worker thread per transfer. Every path is opened relative to
+a folder descriptor, one part at a time, with ``O_NOFOLLOW``: a symbolic link in the
+destination (planted, or made by the user) is never followed, so nothing is written
+outside the folder the user chose. A file's bytes go into a hidden partial file
+(`partial_name`) next to where it will end; only a file whose every chunk hashes
+right on disk is renamed to its final name, and never over an existing file
+(``report (1).pdf`` instead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+import stat
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import blake3
+
+from sidedoor.errors import DiskFull, TransferError
+from sidedoor.proto.file_names import check_path, numbered
+from sidedoor.proto.transfer import Manifest, chunk_span
+from sidedoor.services.file_hashing import READ_SIZE, hash_chunks
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+MAX_OPEN_FILES = 32
+MAX_OPEN_DIRS = 64
+MAX_NUMBERED = 1000
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> Callable[..., int] | None:
+    """Linux's renameat2 (glibc >= 2.28): a rename that never replaces, in one call."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError, TypeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    renameat2: Callable[..., int] = fn
+    return renameat2
+
+
+_renameat2 = _load_renameat2()
+
+
+class FileDamaged(TransferError):
+    """A file's bytes on disk do not hash as its manifest says (fetched again)."""
+
+
+def partial_name(transfer: bytes, file: int) -> str:
+    """Hidden, fixed-length, unique per transfer and file: any final name fits beside it."""
+    return f".sidedoor-{transfer.hex()[:16]}-{file}.part"
+
+
+def _os_error(exc: OSError, what: str, dest: Path) -> TransferError:
+    if exc.errno in _FULL:
+        return DiskFull(f"the disk holding {dest} is full ({what}); free some space and "
+                        "retry the transfer")
+    if exc.errno == errno.ELOOP:
+        return TransferError(f"{what}: a symbolic link is in the way in {dest}; "
+                             "sidedoor does not follow links out of the destination")
+    return TransferError(f"{what} in {dest}: {exc.strerror}")
+
+
+class IncomingFiles:
+    """The files of one incoming transfer, under ``dest``."""
+
+    def __init__(self, dest: Path, transfer: bytes, manifest: Manifest,
+                 roots: dict[str, str]) -> None:
+        self.dest = dest
+        self.transfer = transfer
+        self.manifest = manifest
+        self.roots = dict(roots)  # offered top-level folder name -> name used in dest
+        try:
+            self._dest_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise TransferError(f"cannot open the destination {dest}: {exc.strerror}") from exc
+        self._dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
+        self._files: OrderedDict[int, int] = OrderedDict()
+        self._hashers: dict[tuple[int, int], blake3.blake3] = {}
+        self._parts = [check_path(f.path) for f in manifest.files]
+        self._buffer = bytearray(READ_SIZE)  # for re-reading files: allocated once
+        # Chunks hashed here from the bytes as they were written (this run).
+        self._hashed: dict[int, set[int]] = {}
+
+    # -------------------------------------------------------------- folders
+    def claim_roots(self) -> dict[str, str]:
+        """Make each top-level folder of the offer, under a free name; returns the mapping."""
+        folder_roots = {parts[0] for parts in self._parts if len(parts) > 1}
+        folder_roots |= {check_path(d.path)[0] for d in self.manifest.dirs}
+        for root in sorted(folder_roots):
+            if root in self.roots:
+                continue
+            for n in range(MAX_NUMBERED):
+                name = root if n == 0 else numbered(root, n, is_dir=True)
+                try:
+                    os.mkdir(name, 0o700, dir_fd=self._dest_fd)
+                except FileExistsError:
+                    continue
+                except OSError as exc:
+                    raise _os_error(exc, f"cannot create the folder {name!r}", self.dest) \
+                        from exc
+                self.roots[root] = name
+                break
+            else:
+                raise TransferError(f"too many folders named like {root!r} in {self.dest}")
+        return dict(self.roots)
+
+    def _mapped(self, parts: tuple[str, ...]) -> tuple[str, ...]:
+        if parts and parts[0] in self.roots:
+            return (self.roots[parts[0]], *parts[1:])
+        return parts
+
+    def _dir_fd(self, parts: tuple[str, ...]) -> int:
+        """The folder ``parts`` (already mapped) below dest, made if missing, never via a link."""
+        if not parts:
+            return self._dest_fd
+        fd = self._dirs.get(parts)
+        if fd is not None:
+            self._dirs.move_to_end(parts)
+            return fd
+        parent = self._dir_fd(parts[:-1])
+        name = parts[-1]
+        try:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(name, 0o700, dir_fd=parent)
+            fd = os.open(name, _DIR_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise _os_error(exc, f"cannot open the folder {'/'.join(parts)!r}", self.dest) \
+                from exc
+        self._dirs[parts] = fd
+        while len(self._dirs) > MAX_OPEN_DIRS:
+            # The oldest: never the parent just used (it was moved to the end).
+            _, old_fd = self._dirs.popitem(last=False)
+            os.close(old_fd)
+        return fd
+
+    def make_dirs(self) -> None:
+        for directory in self.manifest.dirs:
+            self._dir_fd(self._mapped(check_path(directory.path)))
+
+    # ---------------------------------------------------------------- files
+    def _location(self, file: int) -> tuple[int, str]:
+        parts = self._mapped(self._parts[file])
+        return self._dir_fd(parts[:-1]), parts[-1]
+
+    def _file_fd(self, file: int) -> int:
+        fd = self._files.get(file)
+        if fd is not None:
+            self._files.move_to_end(file)
+            return fd
+        dir_fd, _ = self._location(file)
+        try:
+            fd = os.open(partial_name(self.transfer, file), _FILE_FLAGS, 0o600, dir_fd=dir_fd)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise TransferError("a partial file is not a regular file")
+        except OSError as exc:
+            raise _os_error(exc, f"cannot create {self.manifest.files[file].path!r}",
+                            self.dest) from exc
+        self._files[file] = fd
+        while len(self._files) > MAX_OPEN_FILES:
+            _, old_fd = self._files.popitem(last=False)
+            os.close(old_fd)
+        return fd
+
+    def write(self, file: int, chunk: int, offset: int, pieces: list[memoryview],
+              last: bool) -> bytes | None:
+        """Write ``pieces`` at ``offset`` within the chunk; on its ``last`` piece, its digest."""
+        fd = self._file_fd(file)
+        start, _ = chunk_span(self.manifest.files[file].size, chunk)
+        hasher = self._hashers.get((file, chunk))
+        if hasher is None:
+            hasher = self._hashers[(file, chunk)] = blake3.blake3()
+        position = start + offset
+        for piece in pieces:
+            hasher.update(piece)
+        try:
+            while pieces:
+                n = os.pwritev(fd, pieces, position)
+                position += n
+                while pieces and n >= len(pieces[0]):
+                    n -= len(pieces[0])
+                    pieces.pop(0)
+                if pieces and n:
+                    pieces[0] = pieces[0][n:]
+        except OSError as exc:
+            raise _os_error(exc, f"cannot write {self.manifest.files[file].path!r}",
+                            self.dest) from exc
+        if not last:
+            return None
+        self._hashed.setdefault(file, set()).add(chunk)
+        return self._hashers.pop((file, chunk)).digest()
+
+    def write_last(self, file: int, chunk: int, offset: int, pieces: list[memoryview],
+                   expected: bytes) -> tuple[bytes, str | None]:
+        """The last piece of a file's last missing chunk: written, and if its digest is
+        ``expected``, the file finished (`finish`) in the same trip to this thread.
+
+        Returns the digest and the final path (None when the digest is wrong). Raises
+        `FileDamaged` when the chunk was right but the file on disk is not.
+        """
+        digest = self.write(file, chunk, offset, pieces, True)
+        assert digest is not None
+        if digest != expected:
+            return digest, None
+        return digest, self.finish(file)
+
+    def write_files(self, items: list[tuple[int, int, list[memoryview], bytes]]
+                    ) -> list[tuple[bytes, str | None] | FileDamaged]:
+        """Small files, each arriving whole in one piece: `write_last` for every one of
+        (file, chunk, pieces, expected), in one trip to this thread."""
+        results: list[tuple[bytes, str | None] | FileDamaged] = []
+        for file, chunk, pieces, expected in items:
+            try:
+                results.append(self.write_last(file, chunk, 0, pieces, expected))
+            except FileDamaged as exc:
+                results.append(exc)
+        return results
+
+    def abort_chunks(self) -> None:
+        """The sender went away mid-chunk: what arrived of unfinished chunks is discarded."""
+        self._hashers.clear()
+
+    def recover(self, file: int, chunks: list[int]) -> list[int]:
+        """Of ``chunks`` (not recorded as verified), those whose bytes are on disk and hash right.
+
+        A restart can lose the last few records of verified chunks; their bytes are
+        usually in the partial file already, so they need not be fetched again.
+        """
+        entry = self.manifest.files[file]
+        dir_fd, _ = self._location(file)
+        try:
+            fd = os.open(partial_name(self.transfer, file), os.O_RDONLY | os.O_NOFOLLOW,
+                         dir_fd=dir_fd)
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise _os_error(exc, f"cannot read {entry.path!r}", self.dest) from exc
+        found: list[int] = []
+        try:
+            length = os.fstat(fd).st_size
+            buf = bytearray(READ_SIZE)
+            view = memoryview(buf)
+            for chunk in chunks:
+                start, size = chunk_span(entry.size, chunk)
+                if start + size > length:
+                    continue
+                hasher = blake3.blake3()
+                got = 0
+                while got < size:
+                    n = os.preadv(fd, [view[:min(READ_SIZE, size - got)]], start + got)
+                    if n == 0:
+                        break
+                    hasher.update(view[:n])
+                    got += n
+                if got == size and hasher.digest() == entry.hash_of(chunk):
+                    found.append(chunk)
+        finally:
+            os.close(fd)
+        return found
+
+    def placed(self, file: int) -> str | None:
+        """The file's path if it is already in place, whole (renamed just before a crash,
+        before that was recorded): no partial file, and the final name holds a regular
+        file of the offered size, time and hashes. None otherwise."""
+        entry = self.manifest.files[file]
+        dir_fd, name = self._location(file)
+        try:
+            os.lstat(partial_name(self.transfer, file), dir_fd=dir_fd)
+            return None
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=dir_fd)
+        except OSError:
+            return None
+        try:
+            st = os.fstat(fd)
+            if (not stat.S_ISREG(st.st_mode) or st.st_size != entry.size
+                    or st.st_mtime_ns != entry.mtime_ns
+                    or hash_chunks(fd, entry.size, self._buffer) != entry.hashes):
+                return None
+        finally:
+            os.close(fd)
+        parts = self._mapped(self._parts[file])
+        return "/".join(parts)
+
+    def finish(self, file: int) -> str:
+        """Verify the whole file on disk, set its mode and time, rename it into place.
+
+        Returns the path it got, relative to dest. `FileDamaged` if the bytes on disk
+        do not hash right (its chunks are fetched again). A file whose every chunk was
+        hashed here from the very bytes written, in this run, is not read back: its
+        size is checked and its chunks are already proven. A file with chunks from an
+        earlier run (a resume) is read back and hashed whole.
+        """
+        entry = self.manifest.files[file]
+        fd = self._files.pop(file, None)
+        if fd is None:
+            fd = self._file_fd(file)
+            self._files.pop(file)
+        dir_fd, name = self._location(file)
+        try:
+            st = os.fstat(fd)
+            if st.st_size > entry.size:
+                os.ftruncate(fd, entry.size)
+            elif st.st_size < entry.size:
+                raise FileDamaged(f"{entry.path!r} is shorter on disk than it should be")
+            proven = len(self._hashed.pop(file, ())) == entry.chunks
+            if not proven and hash_chunks(fd, entry.size, self._buffer) != entry.hashes:
+                raise FileDamaged(f"{entry.path!r} did not verify on disk; fetching it again")
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        except OSError as exc:
+            raise _os_error(exc, f"cannot finish {entry.path!r}", self.dest) from exc
+        finally:
+            os.close(fd)
+        final = self._rename_into_place(dir_fd, partial_name(self.transfer, file), name,
+                                        entry.path)
+        parts = self._mapped(self._parts[file])
+        return "/".join((*parts[:-1], final))
+
+    def _rename_into_place(self, dir_fd: int, partial: str, name: str, shown: str) -> str:
+        for n in range(MAX_NUMBERED):
+            candidate = name if n == 0 else numbered(name, n)
+            if _renameat2 is not None:
+                result = _renameat2(dir_fd, os.fsencode(partial), dir_fd,
+                                    os.fsencode(candidate), _RENAME_NOREPLACE)
+                if result == 0:
+                    return candidate
+                err = ctypes.get_errno()
+                if err == errno.EEXIST:
+                    continue
+                if err not in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                    raise _os_error(OSError(err, os.strerror(err)),
+                                    f"cannot rename {shown!r} into place", self.dest)
+                # This filesystem cannot do it: the link/unlink way below.
+            try:
+                # link() never replaces an existing name: the no-clobber rename.
+                os.link(partial, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd,
+                        follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV):
+                    raise _os_error(exc, f"cannot rename {shown!r} into place", self.dest) \
+                        from exc
+                # No hard links here (FAT, some network shares): check, then rename.
+                try:
+                    os.lstat(candidate, dir_fd=dir_fd)
+                    continue
+                except FileNotFoundError:
+                    os.rename(partial, candidate, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+                    return candidate
+            os.unlink(partial, dir_fd=dir_fd)
+            return candidate
+        raise TransferError(f"too many files named like {name!r} in the destination")
+
+    def finish_dirs(self) -> None:
+        """Folder modes and times, deepest first (writing files changed their times)."""
+        for directory in sorted(self.manifest.dirs, key=lambda d: -d.path.count("/")):
+            parts = self._mapped(check_path(directory.path))
+            parent = self._dir_fd(parts[:-1])
+            try:
+                fd = os.open(parts[-1], _DIR_FLAGS, dir_fd=parent)
+            except OSError:
+                continue
+            try:
+                os.fchmod(fd, directory.mode | 0o700)  # we must still be able to use it
+                os.utime(fd, ns=(directory.mtime_ns, directory.mtime_ns))
+            finally:
+                os.close(fd)
+
+    def discard(self) -> None:
+        """Remove every partial file of this transfer (finished files stay)."""
+        for fd in self._files.values():
+            os.close(fd)
+        self._files.clear()
+        self._hashers.clear()
+        for file in range(len(self.manifest.files)):
+            try:
+                dir_fd, _ = self._location(file)
+            except TransferError:
+                continue
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.unlink(partial_name(self.transfer, file), dir_fd=dir_fd)
+        # Folders we made that stayed empty are junk too.
+        for parts in sorted(self._dirs, key=len, reverse=True):
+            parent = self._dirs.get(parts[:-1]) if len(parts) > 1 else self._dest_fd
+            if parent is not None:
+                with contextlib.suppress(OSError):
+                    os.rmdir(parts[-1], dir_fd=parent)
+
+    def close(self) -> None:
+        for fd in (*self._files.values(), *self._dirs.values()):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self._files.clear()
+        self._dirs.clear()
+        with contextlib.suppress(OSError):
+            os.close(self._dest_fd)

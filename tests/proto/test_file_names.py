@@ -1,0 +1,113 @@
+"""File names from the wire: what is refused, what is kept, and that nothing accepted
+can leave the folder it is joined to."""
+
+from __future__ import annotations
+
+import posixpath
+import re
+import unicodedata
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidedoor.errors import UnsafeFileName
+from sidedoor.proto.file_names import (
+    MAX_NAME_BYTES,
+    MAX_PATH_BYTES,
+    check_name,
+    check_path,
+    numbered,
+)
+
+HOSTILE = [
+    ("../../.ssh/authorized_keys", "outside the folder"),
+    ("/etc/passwd", "absolute"),
+    ("C:\\x", "drive letter"),
+    ("c:x", "drive letter"),
+    ("a\\..\\b", "'\\\\'"),
+    ("con", "device name"),
+    ("NUL.txt", "device name"),
+    ("docs/com1", "device name"),
+    ("lpt9.log", "device name"),
+    ("CONOUT$", "device name"),
+    ("a\x00b", "control character"),
+    ("line\nbreak", "control character"),
+    ("tab\there", "control character"),
+    ("bidi\u202egpj.exe", "control character"),
+    ("", "empty"),
+    ("a//b", "empty"),
+    ("a/", "empty"),
+    ("./a", "outside the folder"),
+    ("a/./b", "outside the folder"),
+    ("a/..", "outside the folder"),
+    ("trailing.", "ends with a dot"),
+    ("trailing ", "ends with a dot or a space"),
+    ("x" * (MAX_NAME_BYTES + 1), "longer than"),
+    ("/".join(["abcdefgh"] * 120), "longer than"),
+    ("/".join(["a"] * 40), "deep"),
+    ("what?", "'?'"),
+    ("ab:c", "':'"),
+    ("e\u0301", "normal form"),
+]
+
+
+@pytest.mark.parametrize(("path", "why"), HOSTILE)
+def test_hostile_paths_are_refused_with_the_reason(path: str, why: str) -> None:
+    with pytest.raises(UnsafeFileName, match=re.escape(why)):
+        check_path(path)
+
+
+@pytest.mark.parametrize("path", [
+    "report.pdf", "photos/2024/IMG 0001.jpg", ".hidden", "con-tract.txt", "nul1.txt",
+    "résumé.pdf", "日本語/ファイル.txt", "a" * MAX_NAME_BYTES, "comma, and (brackets)",
+])
+def test_ordinary_names_are_kept(path: str) -> None:
+    assert check_path(path) == tuple(path.split("/"))
+
+
+@given(st.text(max_size=300))
+def test_an_accepted_path_stays_inside_its_folder(text: str) -> None:
+    try:
+        parts = check_path(text)
+    except UnsafeFileName:
+        return
+    joined = posixpath.normpath(posixpath.join("/dest", *parts))
+    assert joined.startswith("/dest/")
+    assert joined == "/dest/" + text  # already normal: one spelling per name
+    assert len(text.encode()) <= MAX_PATH_BYTES
+    for part in parts:
+        assert part not in ("", ".", "..")
+        assert "\x00" not in part and "\n" not in part and "\\" not in part
+        assert unicodedata.normalize("NFC", part) == part
+
+
+@given(st.lists(st.sampled_from(["..", ".", "", "a", "/", "\\", "C:", "\x00", "con"]),
+                min_size=1, max_size=8))
+def test_paths_built_from_dangerous_pieces(pieces: list[str]) -> None:
+    text = "/".join(pieces)
+    try:
+        parts = check_path(text)
+    except UnsafeFileName:
+        return
+    assert all(p == "a" for p in parts)
+
+
+@pytest.mark.parametrize(("name", "n", "expected"), [
+    ("report.pdf", 1, "report (1).pdf"),
+    ("report.pdf", 12, "report (12).pdf"),
+    ("archive.tar.gz", 2, "archive (2).tar.gz"),
+    ("README", 1, "README (1)"),
+    (".bashrc", 1, ".bashrc (1)"),
+    ("my.report.v2.pdf", 1, "my.report.v2 (1).pdf"),
+])
+def test_numbered_alternatives(name: str, n: int, expected: str) -> None:
+    assert numbered(name, n) == expected
+    check_name(numbered(name, n))
+
+
+def test_a_numbered_long_name_stays_within_the_limit() -> None:
+    name = "é" * 120 + ".txt"
+    alt = numbered(name, 3)
+    assert alt.endswith(" (3).txt") and len(alt.encode()) <= MAX_NAME_BYTES
+    assert numbered("photos", 1, is_dir=True) == "photos (1)"

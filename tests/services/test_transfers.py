@@ -1,0 +1,508 @@
+"""File transfers between real in-process nodes on 127.0.0.1.
+
+Happy paths (a file, a folder, auto-accept, name collisions), resume after the
+sender or the receiver stops, queueing for an offline contact, and the bad input
+of the issue played by a hand-written peer: each gets a clear error, nothing
+outside the destination, and no damaged file under a final name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import pytest
+
+from sidedoor.errors import DiskFull, TransferError
+from sidedoor.identity import PublicIdentity
+from sidedoor.net.connection import ChannelClosedError, ChannelStream
+from sidedoor.node import Node
+from sidedoor.proto import transfer as wire
+from sidedoor.proto.framing import encode_message
+from sidedoor.services.transfers import SETTING_AUTO_ACCEPT
+from sidedoor.testing.nodes import befriend
+
+NodeFactory = Callable[..., Any]
+
+
+async def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = await predicate()
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise AssertionError("timed out waiting")
+        await asyncio.sleep(0.02)
+
+
+async def status_of(node: Node, tid: str) -> dict[str, Any]:
+    return await node.transfers.describe_one(tid)
+
+
+async def until_status(node: Node, tid: str, *statuses: str, timeout: float = 10.0
+                       ) -> dict[str, Any]:
+    async def check() -> dict[str, Any] | None:
+        try:
+            info = await status_of(node, tid)
+        except TransferError:
+            return None  # not there yet
+        return info if info["status"] in statuses else None
+    result: dict[str, Any] = await wait_for(check, timeout)
+    return result
+
+
+def make_file(path: Path, size: int, seed: int = 1, mode: int = 0o640,
+              mtime: int = 1_600_000_000) -> bytes:
+    data = (seed.to_bytes(4, "big") * (size // 4 + 1))[:size]
+    data = bytes(b ^ (i * 7 & 0xFF) for i, b in enumerate(data[:4096])) + data[4096:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime * 10**9 + 123, mtime * 10**9 + 123))
+    return data
+
+
+@pytest.fixture
+async def pair(node_factory: NodeFactory) -> tuple[Node, Node]:
+    a: Node = await node_factory()
+    b: Node = await node_factory()
+    await befriend(a, b)
+    return a, b
+
+
+async def test_a_file_offered_accepted_and_arriving_whole(pair: tuple[Node, Node],
+                                                          tmp_path: Path) -> None:
+    alice, bob = pair
+    data = make_file(tmp_path / "src" / "report.pdf", 5 * (1 << 20) + 123)
+    sent = await alice.transfers.send([str(tmp_path / "src" / "report.pdf")],
+                                      bob.public.address, "Q3 draft")
+    tid = sent["id"]
+    offer = await until_status(bob, tid, "offered")
+    assert offer["direction"] == "in" and offer["note"] == "Q3 draft"
+    assert offer["names"] == ["report.pdf"] and offer["total_bytes"] == len(data)
+    await until_status(alice, tid, "offered")
+    dest = tmp_path / "in"
+    await bob.transfers.accept(tid[:8], str(dest))
+    await until_status(bob, tid, "done")
+    done = await until_status(alice, tid, "done")
+    got = dest / "report.pdf"
+    assert got.read_bytes() == data
+    assert got.stat().st_mode & 0o777 == 0o640
+    assert got.stat().st_mtime_ns == 1_600_000_000 * 10**9 + 123
+    assert sorted(p.name for p in dest.iterdir()) == ["report.pdf"]
+    assert done["bytes_sent"] == len(data)
+
+
+# ------------------------------------------------------------ more happy paths
+
+async def test_auto_accept_collisions_and_links_in_the_destination(
+        pair: tuple[Node, Node], tmp_path: Path) -> None:
+    alice, bob = pair
+    assert bob.db is not None
+    dest = tmp_path / "dl"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("mine")
+    dest.mkdir()
+    (dest / "report.pdf").write_text("an older report")
+    (dest / "photos").symlink_to(outside)  # a link where a folder will arrive
+    await bob.db.run(bob.db.set_setting, "downloads", str(dest))
+    await bob.db.run(bob.db.set_setting, SETTING_AUTO_ACCEPT, alice.public.address)
+    data = make_file(tmp_path / "src" / "report.pdf", 1000)
+    inner = make_file(tmp_path / "src" / "photos" / "a.jpg", 3000)
+    make_file(tmp_path / "src" / "photos" / "keep", 10)
+    sent = await alice.transfers.send(
+        [str(tmp_path / "src" / "report.pdf"), str(tmp_path / "src" / "photos")],
+        bob.public.address)
+    await until_status(alice, sent["id"], "done")
+    info = await until_status(bob, sent["id"], "done")
+    assert (dest / "report (1).pdf").read_bytes() == data
+    assert (dest / "report.pdf").read_text() == "an older report"
+    assert info["roots"] == {"photos": "photos (1)"}
+    assert (dest / "photos (1)" / "a.jpg").read_bytes() == inner
+    assert sorted(p.name for p in outside.iterdir()) == ["keep"]
+    assert (outside / "keep").read_text() == "mine"
+
+
+async def test_an_offer_to_an_offline_contact_waits_then_goes(
+        node_factory: NodeFactory, tmp_path: Path) -> None:
+    alice: Node = await node_factory()
+    bob_home = tmp_path / "bob-home"
+    bob_home.mkdir()
+    bob: Node = await node_factory(home=bob_home)
+    await befriend(alice, bob)
+    port = bob.port
+    await bob.aclose()
+    make_file(tmp_path / "q.txt", 100)
+    sent = await alice.transfers.send([str(tmp_path / "q.txt")], bob.public.address)
+
+    async def waiting() -> bool:
+        info = await status_of(alice, sent["id"])
+        return info["status"] == "queued" and "to be online" in info["activity"]
+    await wait_for(waiting)
+    bob = await node_factory(home=bob_home, port=port)
+    await until_status(bob, sent["id"], "offered", timeout=15)
+    await until_status(alice, sent["id"], "offered")
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A folder for sources and destinations only (node homes live beside it)."""
+    path = tmp_path / "w"
+    path.mkdir()
+    return path
+
+
+# ------------------------------------------------------------------ bad input
+
+async def offer_by_hand(sender: Node, receiver: Node, manifest: wire.Manifest,
+                        tid: bytes = b"T" * 16) -> wire.OfferReply:
+    conn = await sender.reach(receiver.public.key)
+    stream = await conn.open_channel(wire.KIND_OFFER)
+    await stream.write_message(wire.encode(wire.Offer(tid, "", manifest)))
+    raw = await stream.read_message(4096, timeout=5)
+    assert raw is not None
+    return wire.decode(wire.OfferReply, raw)
+
+
+def hashes_of(data: bytes) -> bytes:
+    size = wire.chunk_size_for(len(data))
+    return b"".join(blake3.blake3(data[o:o + size]).digest()
+                    for o in range(0, len(data), size))
+
+
+def tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize(("path", "why"), [
+    ("../../.ssh/authorized_keys", "outside the folder"),
+    ("/etc/passwd", "absolute"),
+    ("C:\\x", "drive letter"),
+    ("con", "device name"),
+    ("a\x00b", "control character"),
+    ("evil\nname", "control character"),
+])
+async def test_hostile_names_are_declined_and_nothing_is_written(
+        pair: tuple[Node, Node], work: Path, path: str, why: str) -> None:
+    alice, bob = pair
+    assert bob.db is not None
+    dest = work / "dl"
+    await bob.db.run(bob.db.set_setting, "downloads", str(dest))
+    await bob.db.run(bob.db.set_setting, SETTING_AUTO_ACCEPT, alice.public.address)
+    manifest = wire.Manifest([wire.FileEntry(path, 3, 0o644, 1, hashes_of(b"abc"))])
+    reply = await offer_by_hand(alice, bob, manifest)
+    assert reply.status == "declined" and why in reply.reason
+    assert await bob.transfers.all() == []
+    assert not dest.exists()
+    assert tree(work) == []
+
+
+async def test_a_manifest_claiming_1_eb_is_refused_for_lack_of_room(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+    size = 1 << 60
+    manifest = wire.Manifest([wire.FileEntry("huge.iso", size, 0o644, 1,
+                                             b"\0" * 32 * wire.chunk_count(size))])
+    reply = await offer_by_hand(alice, bob, manifest)
+    assert reply.status == "waiting"
+    with pytest.raises(DiskFull, match=r"not enough room .* need 1.2 EB"):
+        await bob.transfers.accept(b"T".hex() * 16, str(work / "dl"))
+    info = await status_of(bob, b"T".hex() * 16)
+    assert info["status"] == "offered"  # still waiting: another folder may have room
+    assert tree(work / "dl") == []
+
+
+class EvilSender:
+    """Takes the place of Alice's pull handler and answers requests as told."""
+
+    def __init__(self, node: Node, answer: Callable[[wire.ChunkRequest, bytes],
+                                                    list[bytes]]) -> None:
+        self.node = node
+        self.answer = answer
+        self.content: bytes = b""
+        node.add_channel_handler(wire.KIND_PULL, self.serve)
+
+    async def serve(self, remote: PublicIdentity, stream: ChannelStream) -> None:
+        raw = await stream.read_message(4096, timeout=5)
+        assert raw is not None
+        request = wire.decode_pull(raw)
+        assert isinstance(request, wire.ChunkRequest)
+        for part in self.answer(request, self.content):
+            if part == b"END":
+                stream.end()
+                await asyncio.sleep(0.5)
+                return
+            if part == b"STALL":
+                await asyncio.sleep(2)
+                return
+            await stream.write(part)
+        await asyncio.sleep(0.2)
+
+    def restore(self) -> None:
+        self.node.add_channel_handler(wire.KIND_PULL, self.node.transfers._on_pull)
+
+
+def header(file: int, chunk: int, size: int) -> bytes:
+    return encode_message(wire.encode(wire.ChunkHeader(file, chunk, size)))
+
+
+async def offered_and_accepted(alice: Node, bob: Node, work: Path, size: int
+                               ) -> tuple[str, bytes, Path]:
+    data = make_file(work / "src" / "file.bin", size)
+    sent = await alice.transfers.send([str(work / "src" / "file.bin")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    dest = work / "dl"
+    await bob.transfers.accept(sent["id"], str(dest))
+    return sent["id"], data, dest
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (lambda r, data: [header(r.file, r.chunk, len(data)), b"x" * len(data)],
+     "does not match its hash"),
+    (lambda r, data: [header(99, 0, 10), b"x" * 10], "file #99, which is not in the offer"),
+    (lambda r, data: [header(r.file, r.chunk, len(data) + 1), data + b"!"],
+     "which has 1000"),
+    (lambda r, data: [header(r.file, r.chunk + 1, len(data)), data], "not asked for"),
+])
+async def test_a_lying_sender_is_cut_off_and_its_data_discarded(
+        pair: tuple[Node, Node], work: Path,
+        answer: Callable[[wire.ChunkRequest, bytes], list[bytes]], why: str) -> None:
+    alice, bob = pair
+    evil = EvilSender(alice, answer)
+    evil.content = make_file(work / "src" / "file.bin", 1000)
+    tid, _, dest = await offered_and_accepted(alice, bob, work, 1000)
+    info = await until_status(bob, tid, "failed")
+    assert "the sender sent bad data and was cut off" in info["error"] and why in info["error"]
+    assert tree(dest) == []  # nothing under the final name, no partial junk
+    assert tree(work) == ["dl", "src", "src/file.bin"]
+    await until_status(alice, tid, "cancelled")  # Alice is told
+
+
+async def test_a_sender_stopping_mid_chunk_leaves_no_file_and_resumes_later(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+    evil = EvilSender(alice, lambda r, data: [header(r.file, r.chunk, 1 << 20),
+                                              data[:5000], b"END"])
+    evil.content = make_file(work / "src" / "file.bin", 3 << 20)
+    tid, data, dest = await offered_and_accepted(alice, bob, work, 3 << 20)
+
+    async def interrupted() -> bool:
+        info = await status_of(bob, tid)
+        return "went away" in info["activity"]
+    await wait_for(interrupted)
+    info = await status_of(bob, tid)
+    assert info["status"] == "receiving" and info["done_bytes"] == 0
+    assert not (dest / "file.bin").exists()
+    evil.restore()
+    await until_status(bob, tid, "done", timeout=15)
+    assert (dest / "file.bin").read_bytes() == data
+    assert tree(dest) == ["file.bin"]
+
+
+async def test_a_receiver_asking_out_of_range_is_cut_off(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+    make_file(work / "f.bin", 2000)
+    sent = await alice.transfers.send([str(work / "f.bin")], bob.public.address)
+    await until_status(alice, sent["id"], "offered")
+    conn = await bob.reach(alice.public.key)
+    stream = await conn.open_channel(wire.KIND_PULL, wire.encode(
+        wire.PullMeta(bytes.fromhex(sent["id"]))))
+    await stream.write_message(wire.encode(wire.ChunkRequest(0, 7)))
+    with pytest.raises(ChannelClosedError, match="request for chunk 7"):
+        await stream.read_all(1 << 20, timeout=5)
+    info = await until_status(alice, sent["id"], "failed")
+    assert "the receiver misbehaved and was cut off" in info["error"]
+    assert info["bytes_sent"] == 0
+
+
+async def test_a_stranger_cannot_pull_someone_elses_transfer(
+        pair: tuple[Node, Node], node_factory: NodeFactory, work: Path) -> None:
+    alice, bob = pair
+    carol: Node = await node_factory()
+    await befriend(alice, carol)
+    make_file(work / "secret.bin", 2000)
+    sent = await alice.transfers.send([str(work / "secret.bin")], bob.public.address)
+    await until_status(alice, sent["id"], "offered")
+    conn = await carol.reach(alice.public.key)
+    stream = await conn.open_channel(wire.KIND_PULL, wire.encode(
+        wire.PullMeta(bytes.fromhex(sent["id"]))))
+    raw = await stream.read_message(4096, timeout=5)
+    assert raw is not None and wire.decode_pull(raw) == wire.Cancel("no such transfer")
+
+
+@pytest.fixture
+def small_disk(work: Path) -> Iterator[Path]:
+    """A 24 MiB tmpfs, mounted for the test and unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = work / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
+                   check=True, timeout=10)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
+
+
+async def test_a_disk_too_small_is_refused_before_accepting(
+        pair: tuple[Node, Node], work: Path, small_disk: Path) -> None:
+    alice, bob = pair
+    make_file(work / "big.bin", 30 << 20)
+    sent = await alice.transfers.send([str(work / "big.bin")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    with pytest.raises(DiskFull, match=r"not enough room in .*small: the files need 31\.5 MB"):
+        await bob.transfers.accept(sent["id"], str(small_disk))
+    assert tree(small_disk) == []
+
+
+async def test_a_disk_filling_up_fails_cleanly(
+        pair: tuple[Node, Node], work: Path, small_disk: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = pair
+    release = asyncio.Event()
+    real = alice.transfers._on_pull
+
+    async def held(remote: PublicIdentity, stream: ChannelStream) -> None:
+        await release.wait()
+        await real(remote, stream)
+
+    alice.add_channel_handler(wire.KIND_PULL, held)
+    monkeypatch.setattr("sidedoor.services.transfers.FREE_SPACE_MARGIN", 0)
+    data = make_file(work / "src" / "f.bin", 6 << 20)
+    make_file(work / "src" / "g.bin", 100)
+    sent = await alice.transfers.send([str(work / "src" / "g.bin"),
+                                       str(work / "src" / "f.bin")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    await bob.transfers.accept(sent["id"], str(small_disk))
+    # Someone else fills the disk after the check: the writes hit ENOSPC.
+    (small_disk / "filler").write_bytes(b"\0" * (20 << 20))
+    release.set()
+    info = await until_status(bob, sent["id"], "failed")
+    assert "is full" in info["error"] and str(small_disk) in info["error"]
+    assert tree(small_disk) == ["filler", "g.bin"]  # the file that fitted is whole
+    assert len(data) == 6 << 20
+    await until_status(alice, sent["id"], "cancelled")
+
+
+async def test_a_resumed_file_is_read_back_whole_and_damage_is_fetched_again(
+        node_factory: NodeFactory, work: Path, tmp_path: Path) -> None:
+    alice: Node = await node_factory()
+    bob_home = tmp_path / "bob-home"
+    bob_home.mkdir()
+    bob: Node = await node_factory(home=bob_home)
+    await befriend(alice, bob)
+    port = bob.port
+    # Alice answers the first request honestly, then stops.
+    evil = EvilSender(alice, lambda r, data: [
+        header(r.file, r.chunk, 1 << 20), data[r.chunk << 20:(r.chunk + 1) << 20], b"END"])
+    evil.content = make_file(work / "src" / "file.bin", 3 << 20)
+    tid, data, dest = await offered_and_accepted(alice, bob, work, 3 << 20)
+
+    async def first_chunk_kept() -> bool:
+        return (await status_of(bob, tid))["done_bytes"] == 1 << 20
+    await wait_for(first_chunk_kept)
+    await bob.aclose()
+    (partial,) = dest.glob(".sidedoor-*")
+    with partial.open("r+b") as f:  # the disk damages the verified chunk while Bob is off
+        f.write(b"rot")
+    evil.restore()
+    bob = await node_factory(home=bob_home, port=port)
+    await until_status(bob, tid, "done", timeout=15)
+    assert (dest / "file.bin").read_bytes() == data
+    assert tree(dest) == ["file.bin"]
+    info = await until_status(alice, tid, "done")
+    assert info["bytes_sent"] >= (1 << 20) + (3 << 20)  # the damaged file came again whole
+
+
+async def test_a_sender_going_silent_mid_chunk_is_given_up_on(
+        pair: tuple[Node, Node], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = pair
+    monkeypatch.setattr(bob.transfers, "stall_timeout", 0.3)
+    evil = EvilSender(alice, lambda r, data: [header(r.file, r.chunk, 1 << 20),
+                                              data[:5000], b"STALL"])
+    evil.content = make_file(work / "src" / "file.bin", 2 << 20)
+    tid, data, dest = await offered_and_accepted(alice, bob, work, 2 << 20)
+
+    async def given_up() -> bool:
+        return "went away" in (await status_of(bob, tid))["activity"]
+    await wait_for(given_up, timeout=5)
+    assert not (dest / "file.bin").exists()
+    evil.restore()
+    await until_status(bob, tid, "done", timeout=15)
+    assert (dest / "file.bin").read_bytes() == data
+
+
+async def test_a_bulk_transfer_does_not_stall_other_channels(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+
+    async def echo(remote: PublicIdentity, stream: ChannelStream) -> None:
+        await stream.write(await stream.read_all(1024, timeout=5))
+        stream.end()
+
+    bob.add_channel_handler("test-echo", echo)
+    make_file(work / "big.bin", 96 << 20)
+    sent = await alice.transfers.send([str(work / "big.bin")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    await bob.transfers.accept(sent["id"], str(work / "dl"))
+    conn = await alice.reach(bob.public.key)
+    loop = asyncio.get_running_loop()
+    latencies = []
+    began = loop.time()
+    while (await status_of(bob, sent["id"]))["status"] != "done":
+        start = loop.time()
+        stream = await conn.open_channel("test-echo", timeout=5)
+        await stream.write(b"ping")
+        stream.end()
+        assert await stream.read_all(1024, timeout=5) == b"ping"
+        latencies.append(loop.time() - start)
+    took = loop.time() - began
+    # A channel starved by the bulk would wait about as long as the transfer itself.
+    assert len(latencies) >= 3, (took, latencies)
+    assert max(latencies) < max(0.5, took / 4), (took, latencies)
+
+
+async def test_files_renamed_before_a_crash_recorded_them_are_not_fetched_again(
+        node_factory: NodeFactory, work: Path, tmp_path: Path) -> None:
+    alice: Node = await node_factory()
+    bob_home = tmp_path / "bob-home"
+    bob_home.mkdir()
+    bob: Node = await node_factory(home=bob_home)
+    await befriend(alice, bob)
+    port = bob.port
+    for i in range(30):
+        make_file(work / "src" / "docs" / f"f{i}.txt", 100 + i, seed=i)
+    make_file(work / "src" / "docs" / "empty.txt", 0)
+    sent = await alice.transfers.send([str(work / "src" / "docs")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    dest = work / "dl"
+    await bob.transfers.accept(sent["id"], str(dest))
+    await until_status(bob, sent["id"], "done")
+    await until_status(alice, sent["id"], "done")
+    before = sorted(p.name for p in (dest / "docs").iterdir())
+    await bob.aclose()
+    # As if Bob had died after the renames and before his records of them.
+    assert bob.db is not None
+    tid = bytes.fromhex(sent["id"])
+    db = sqlite3.connect(bob_home / "sidedoor.db")
+    with db:
+        db.execute("DELETE FROM transfer_files WHERE transfer = ?", (tid,))
+        db.execute("DELETE FROM transfer_chunks WHERE transfer = ?", (tid,))
+        db.execute("UPDATE transfers SET status = 'receiving', notice = '' WHERE id = ?",
+                   (tid,))
+    db.close()
+    bob = await node_factory(home=bob_home, port=port)
+    info = await until_status(bob, sent["id"], "done")
+    assert sorted(p.name for p in (dest / "docs").iterdir()) == before  # no "f1 (1).txt"
+    assert info["bytes_received"] == sum(100 + i for i in range(30))  # nothing came twice
