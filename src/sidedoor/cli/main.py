@@ -15,7 +15,7 @@ import click
 from rich.table import Table
 
 from sidedoor import __version__
-from sidedoor.cli import people
+from sidedoor.cli import people, web
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
 from sidedoor.cli.demo import demo_command
 from sidedoor.control.server import parse_host_port
@@ -42,18 +42,25 @@ class SidedoorGroup(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=SidedoorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SidedoorGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The node's folder (identity, database, logs). "
                    "Default: $SIDEDOOR_HOME, else your user data folder.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and verbose logs.")
+@click.option("--no-browser", is_flag=True,
+              help="With no command: print the sign-in link instead of opening the browser.")
 @click.version_option(__version__, prog_name="sidedoor")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, home: Path | None, debug: bool, no_browser: bool) -> None:
     """sidedoor: talk and pass files to colleagues, PC to PC, with no server.
 
     \b
-    First steps:
+    Just run `sidedoor`: it sets you up, starts your node in the
+    background and opens sidedoor in your browser.
+
+    \b
+    First steps on the command line:
       sidedoor id                 create your identity and show your address
       sidedoor name "Ada Lovelace"
       sidedoor up --detach        start your node in the background
@@ -62,6 +69,8 @@ def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
     Run several nodes on one machine with --home DIR (or SIDEDOOR_HOME).
     """
     ctx.obj = Context(resolve_home(home), debug)
+    if ctx.invoked_subcommand is None:
+        web.start_and_open(ctx.obj, no_browser)
 
 
 # ------------------------------------------------------------------ id / name
@@ -316,6 +325,7 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 
 people.register(cli)
 cli.add_command(demo_command)
+cli.add_command(web.open_command)
 
 
 def main() -> None:
