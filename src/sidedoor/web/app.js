@@ -7,6 +7,7 @@ import * as people from "./people.js";
 import * as invite from "./invite.js";
 import * as conversation from "./conversation.js";
 import * as transfers from "./transfers.js";
+import * as rooms from "./rooms.js";
 
 // Every kind of event the node sends that the UI shows.
 const EVENT_KINDS = [
@@ -32,6 +33,7 @@ const STALE = {
   "chat.message": ["inbox"],
   "chat.read": ["inbox"],
   "presence.changed": ["contacts"],
+  "room.changed": ["rooms", "inbox"],
 };
 
 const LOADERS = {
@@ -39,10 +41,11 @@ const LOADERS = {
   contacts: async () => (await api.get("/v1/contacts")).contacts,
   requests: () => api.get("/v1/requests"),
   nearby: () => api.get("/v1/nearby"),
+  rooms: async () => (store.features.chat ? (await api.get("/v1/chat/rooms")).rooms : []),
   inbox: async () => {
     if (!store.features.chat) return {};
     const data = await api.get("/v1/chat/inbox");
-    return Object.fromEntries(data.unread.filter((u) => u.kind === "direct").map((u) => [u.address, u.unread]));
+    return Object.fromEntries(data.unread.map((u) => [u.kind === "direct" ? u.address : u.id, u.unread]));
   },
 };
 
@@ -67,6 +70,7 @@ export const store = {
   requests: { incoming: [], outgoing: [] },
   nearby: { discovery: false, nearby: [] },
   inbox: {},
+  rooms: [],
   features: { chat: false, files: false },
   live: "connecting",
 };
@@ -79,6 +83,9 @@ const ROUTES = {
   invite: invite.render,
   contact: conversation.render,
   transfers: transfers.render,
+  room: rooms.renderRoom,
+  "new-room": rooms.renderNewRoom,
+  search: rooms.renderSearch,
 };
 
 let screen = null;
@@ -156,17 +163,25 @@ function renderSidebar() {
 
   const list = document.getElementById("people-nav");
   const contacts = store.contacts.filter((c) => !c.blocked);
-  if (contacts.length === 0) {
-    replace(list, h("li", { class: "empty-nav" }, "Nobody yet"));
-  } else {
-    replace(list, contacts.map((c) => h("li", {},
-      h("a", { href: `#/contact/${c.address}`, dataset: { route: `contact/${c.address}` },
-        "aria-label": `${displayName(c)}, ${c.online ? "online" : "offline"}` },
-        avatar(displayName(c), c.address, { online: c.online, size: "small" }),
-        h("span", {}, displayName(c)),
-        store.inbox[c.address] ? h("span", { class: "count alert", "aria-label": `${store.inbox[c.address]} unread` },
-          String(store.inbox[c.address])) : null))));
+  const unread = (key, label) => (store.inbox[key]
+    ? h("span", { class: "count alert", "aria-label": `${store.inbox[key]} unread` }, String(store.inbox[key]))
+    : null);
+  const items = contacts.map((c) => h("li", {},
+    h("a", { href: `#/contact/${c.address}`, dataset: { route: `contact/${c.address}` },
+      "aria-label": `${displayName(c)}, ${c.online ? "online" : "offline"}${store.inbox[c.address] ? `, ${store.inbox[c.address]} unread` : ""}` },
+    avatar(displayName(c), c.address, { online: c.online, size: "small" }),
+    h("span", { class: "label" }, displayName(c)), unread(c.address))));
+  for (const room of store.rooms) {
+    items.push(h("li", {}, h("a", { href: `#/room/${room.id}`, dataset: { route: `room/${room.id}` } },
+      avatar(room.name, room.id, { size: "small" }), h("span", { class: "label" }, `# ${room.name}`),
+      unread(room.id))));
   }
+  if (items.length === 0) items.push(h("li", { class: "empty-nav" }, "Nobody yet"));
+  if (store.features.chat) {
+    items.push(h("li", {}, h("a", { href: "#/new-room", dataset: { route: "new-room" }, class: "quiet-link" }, "+ New room")));
+    items.push(h("li", {}, h("a", { href: "#/search", dataset: { route: "search" }, class: "quiet-link" }, "Search messages")));
+  }
+  replace(list, items);
   markCurrent();
 }
 

@@ -23,9 +23,10 @@ function clock(ms) {
     : `${d.toLocaleDateString([], { day: "numeric", month: "short" })} ${time}`;
 }
 
-function bubble(m) {
+function bubble(m, room = false) {
   const mark = m.mine ? STATE_WORDS[m.state] || m.state : "";
   return h("div", { class: m.mine ? "bubble mine" : "bubble", dataset: { id: m.id, state: m.state } },
+    room && !m.mine ? h("span", { class: "sender" }, m.sender_name) : null,
     m.text,
     h("span", { class: "meta" }, clock(m.order_at || m.sent_at), mark ? ` · ${mark}` : "",
       m.state === "failed" && m.error ? ` (${m.error})` : ""));
@@ -33,35 +34,49 @@ function bubble(m) {
 
 // ------------------------------------------------------------------- chat
 
-function chatPane(ctx, contact) {
+// A conversation pane: `who` is a contact's address or a room's id (hex).
+export function chatPane(ctx, { who, title, room = false }) {
+  const path = `/v1/chat/conversations/${encodeURIComponent(who)}`;
   const messages = h("div", { class: "messages", id: "messages", role: "log", "aria-live": "polite",
-    "aria-label": `Messages with ${displayName(contact)}` });
+    "aria-label": `Messages ${room ? "in" : "with"} ${title}` });
   const text = h("textarea", { id: "composer", rows: "1", maxlength: "16000",
-    placeholder: `Message ${displayName(contact)}`, "aria-label": `Message ${displayName(contact)}` });
+    placeholder: `Message ${title}`, "aria-label": `Message ${title}` });
   const send = h("button", { type: "submit", class: "primary" }, "Send");
   const problem = h("div", { "aria-live": "assertive" });
   const composer = h("form", { class: "composer" }, text, send);
-  let conversationId = null;
+  let conversationId = room ? who : null;
+  let loading = null;
 
   async function load() {
     try {
-      const data = await api.get(`/v1/chat/conversations/${encodeURIComponent(contact.address)}/messages?limit=200`);
+      const data = await api.get(`${path}/messages?limit=200`);
       conversationId = data.conversation.id;
       if (data.messages.length === 0) {
         replace(messages, h("div", { class: "placeholder" },
-          h("p", {}, `No messages yet. Say hello to ${displayName(contact)}.`)));
+          h("p", {}, room ? `No messages in ${title} yet. Start the conversation.`
+            : `No messages yet. Say hello to ${title}.`)));
       } else {
-        replace(messages, data.messages.map(bubble));
+        replace(messages, data.messages.map((m) => bubble(m, room)));
         messages.scrollTop = messages.scrollHeight;
       }
       replace(problem);
       if (data.messages.some((m) => !m.mine && m.state === "unread") && document.visibilityState === "visible") {
-        await api.post(`/v1/chat/conversations/${encodeURIComponent(contact.address)}/read`);
+        await api.post(`${path}/read`);
         ctx.refresh("inbox");
       }
     } catch (exc) {
       replace(problem, notice("error", exc.message, exc.detail));
     }
+  }
+  // Events come in bursts (a message, then its receipt): one reload at a time, then one more.
+  function reload() {
+    if (loading) { loading.again = true; return; }
+    loading = { again: false };
+    load().finally(() => {
+      const again = loading.again;
+      loading = null;
+      if (again) reload();
+    });
   }
 
   async function submit(event) {
@@ -70,9 +85,9 @@ function chatPane(ctx, contact) {
     if (!body) return;
     send.disabled = true;
     try {
-      await api.post(`/v1/chat/conversations/${encodeURIComponent(contact.address)}/messages`, { text: body });
+      await api.post(`${path}/messages`, { text: body });
       text.value = "";
-      await load();
+      reload();
     } catch (exc) {
       replace(problem, notice("error", exc.message, exc.detail));
     } finally {
@@ -86,13 +101,14 @@ function chatPane(ctx, contact) {
     if (event.key === "Enter" && !event.shiftKey && !event.isComposing) submit(event);
   });
 
-  load();
+  reload();
   return {
     nodes: [messages, problem, composer],
     event(ev) {
       const m = ev.message;
-      const mine = (m && m.peer === contact.address) || (conversationId && ev.conversation === conversationId);
-      if (mine) load();
+      const ours = (m && (m.conversation === conversationId || (!room && m.peer === who)))
+        || (conversationId && ev.conversation === conversationId);
+      if (ours) reload();
     },
   };
 }
@@ -192,7 +208,9 @@ export function render(main, ctx, address) {
         contactActions(ctx, contact, result))));
     if (shown !== contact.address) {
       shown = contact.address;
-      chat = ctx.store.features.chat ? chatPane(ctx, contact) : chatPlaceholder(contact);
+      chat = ctx.store.features.chat
+        ? chatPane(ctx, { who: contact.address, title: displayName(contact) })
+        : chatPlaceholder(contact);
       const fileBar = files.fileBar(ctx, contact);
       replace(convo, chat.nodes, fileBar.node);
       dropZone = fileBar;
