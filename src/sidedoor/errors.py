@@ -10,6 +10,7 @@ The hierarchy::
     │   └── InsecureKeyFile          the key file is readable by other users
     ├── StorageError                 the node's database cannot be opened or migrated
     ├── DiscoveryError               LAN discovery (mDNS) cannot start
+    ├── WebUIError                   the web UI cannot do it (a bad upload name, no folder opener)
     ├── NodeError                    the local node, seen from the CLI
     │   ├── NodeNotRunning           no node answers for this home
     │   ├── NodeAlreadyRunning       a second ``up`` for the same home
@@ -66,6 +67,7 @@ __all__ = [
     "SidedoorError",
     "StorageError",
     "VersionMismatch",
+    "WebUIError",
 ]
 
 
@@ -115,6 +117,10 @@ class ControlAPIError(NodeError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class WebUIError(SidedoorError):
+    """The web UI asked for something that cannot be done (the message says what)."""
 
 
 class ConnectError(SidedoorError):

@@ -7,9 +7,12 @@ the headers a browser (or an attacker's page) would, cookies set by hand.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -276,3 +279,65 @@ async def test_the_bearer_api_is_unchanged(door: Door) -> None:
     status, _, body = await door.request("GET", "/v1/contacts",
                                          {"Authorization": "Bearer wrong"})
     assert status == 401
+
+
+# ------------------------------------------------------------------ uploads
+
+async def _upload(door: Door, cookie: str, csrf: str, name: str, data: bytes,
+                  batch: str = "") -> tuple[int, Any]:
+    headers = {"Cookie": cookie, "Origin": door.origin, web_ui.CSRF_HEADER: csrf,
+               web_ui.NAME_HEADER: name}
+    if batch:
+        headers[web_ui.BATCH_HEADER] = batch
+    status, _, body = await door.request("POST", "/v1/web/uploads", headers,
+                                         data=io.BytesIO(data))
+    return status, json.loads(body)
+
+
+async def test_uploads_are_staged_in_the_home(door: Door) -> None:
+    cookie, csrf = await door.sign_in()
+    big = os.urandom(3 << 20)  # over the API's 1 MiB body limit: uploads stream
+    status, first = await _upload(door, cookie, csrf, "report%20v2.pdf", big)
+    assert status == 200, first
+    staged = Path(first["path"])
+    assert await asyncio.to_thread(staged.read_bytes) == big and first["size"] == len(big)
+    assert staged.parent.parent == door.node.home / web_ui.UPLOAD_DIR
+    status, second = await _upload(door, cookie, csrf, "photos/2026/a.jpg", b"jpeg",
+                                   batch=first["batch"])
+    assert status == 200 and second["batch"] == first["batch"]
+    assert Path(second["path"]) == staged.parent / "photos"
+    photo = staged.parent / "photos" / "2026" / "a.jpg"
+    assert await asyncio.to_thread(photo.read_bytes) == b"jpeg"
+    status, again = await _upload(door, cookie, csrf, "photos/2026/a.jpg", b"x",
+                                  batch=first["batch"])
+    assert status == 400 and "already uploaded" in again["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/../../escape", "%2e%2e/escape", "/abs",
+                                  "a//b", "a\\b", "x%00y", "x%1by", "%ff%fe", "./a",
+                                  "/".join(["d"] * 40)])
+async def test_upload_names_cannot_escape(door: Door, name: str) -> None:
+    cookie, csrf = await door.sign_in()
+    before = {p for p in door.node.home.rglob("*")}
+    status, body = await _upload(door, cookie, csrf, name, b"data")
+    assert status == 400 and body["error"]["type"] == "WebUIError", body
+    assert {p for p in door.node.home.rglob("*") if p.is_file()} <= before
+
+
+async def test_upload_needs_the_csrf_header_and_a_known_batch(door: Door) -> None:
+    cookie, csrf = await door.sign_in()
+    status, _, _ = await door.request("POST", "/v1/web/uploads", {
+        "Cookie": cookie, "Origin": door.origin, web_ui.NAME_HEADER: "a.txt"}, data=b"x")
+    assert status == 403
+    for batch in ("0123456789abcdef", "../../etc", "zz"):
+        status, body = await _upload(door, cookie, csrf, "a.txt", b"x", batch=batch)
+        assert status == 400 and "batch" in body["error"]["message"]
+    assert not (door.node.home / web_ui.UPLOAD_DIR).exists()
+
+
+async def test_reveal_explains_what_it_cannot_do(door: Door) -> None:
+    cookie, csrf = await door.sign_in()
+    headers = {"Cookie": cookie, "Origin": door.origin, web_ui.CSRF_HEADER: csrf}
+    for body in (b"not json", b'{"id": 5}', b'{"id": "abcd"}'):
+        status, _, answer = await door.request("POST", "/v1/web/reveal", headers, data=body)
+        assert status == 400 and error_of(answer) == "WebUIError"

@@ -71,7 +71,7 @@ class ControlServer:
         app.router.add_post("/v1/shutdown", self._shutdown)
         app.router.add_get("/v1/events", self._events)
         people.add_routes(app, self.node, self._json_body)
-        web_ui.add_routes(app, self.web)
+        web_ui.add_routes(app, self.web, self.node)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)

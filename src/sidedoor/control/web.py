@@ -31,19 +31,32 @@ refused there too).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import hashlib
 import hmac
 import html
 import io
+import json
+import os
 import re
 import secrets
+import shutil
+import subprocess
+import sys
 import time
+import unicodedata
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 import segno
 from aiohttp import web
+
+from sidedoor.errors import WebUIError
+from sidedoor.node import Node
 
 LOGIN_TTL = 60.0
 MAX_LOGIN_TOKENS = 16
@@ -51,6 +64,14 @@ SESSION_TTL = 7 * 24 * 3600.0
 MAX_SESSIONS = 32
 MAX_QR_TEXT = 2048
 CSRF_HEADER = "X-Sidedoor-CSRF"
+# Uploads: files a user drops on a conversation are staged in the home, then offered.
+UPLOAD_DIR = "web-uploads"
+UPLOAD_KEEP = 7 * 24 * 3600.0
+UPLOAD_CHUNK = 1 << 20
+NAME_HEADER = "X-Sidedoor-Name"
+BATCH_HEADER = "X-Sidedoor-Batch"
+MAX_NAME_PARTS = 32
+BATCH_ID = re.compile(r"^[0-9a-f]{16}$")
 SAFE_METHODS = frozenset({"GET", "HEAD"})
 STATIC_DIR = Path(__file__).resolve().parent.parent / "web"
 STATIC_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}\.(js|css|svg|png)$")
@@ -204,9 +225,61 @@ def qr_image(text: str, kind: str) -> bytes:
     return buffer.getvalue()
 
 
+def upload_parts(header: str) -> list[str]:
+    """The relative path of an uploaded file (``folder/sub/name``, percent-encoded), checked.
+
+    Browsers send what the user dropped; a name must still not climb out of its
+    batch folder or carry control characters.
+    """
+    try:
+        name = urllib.parse.unquote(header, errors="strict")
+    except UnicodeDecodeError:
+        raise WebUIError("the file name is not UTF-8") from None
+    parts = name.split("/")
+    if not name or len(parts) > MAX_NAME_PARTS:
+        raise WebUIError(f"give the file's name (at most {MAX_NAME_PARTS} folders deep) "
+                         f"in {NAME_HEADER}")
+    for part in parts:
+        if (part in ("", ".", "..") or "\\" in part or len(part.encode()) > 255
+                or any(unicodedata.category(ch)[0] == "C" for ch in part)):
+            raise WebUIError(f"{name!r} is not a file name that can be saved")
+    return parts
+
+
+def _create(path: Path) -> IO[bytes]:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise WebUIError(f"{path.name!r} was already uploaded in this batch") from None
+    return os.fdopen(fd, "wb")
+
+
+def _prune_uploads(root: Path, now: float) -> None:
+    """Batches older than UPLOAD_KEEP go (their transfers have had a week to finish)."""
+    with contextlib.suppress(FileNotFoundError):
+        for batch in root.iterdir():
+            with contextlib.suppress(OSError):
+                if now - batch.stat().st_mtime > UPLOAD_KEEP:
+                    shutil.rmtree(batch, ignore_errors=True)
+
+
+def folder_opener() -> list[str] | None:
+    """The command that shows a folder in the desktop's file manager, if there is one."""
+    if sys.platform == "darwin":
+        return ["open"]
+    if sys.platform == "win32":
+        return ["explorer"]
+    if not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return None
+    found = shutil.which("xdg-open")
+    return [found] if found else None
+
+
 class WebRoutes:
-    def __init__(self, gate: WebGate) -> None:
+    def __init__(self, gate: WebGate, node: Node) -> None:
         self.gate = gate
+        self.node = node
         self._files: dict[str, bytes] = {}
 
     async def _read_static(self, name: str) -> bytes | None:
@@ -280,6 +353,67 @@ class WebRoutes:
                             headers={"Cache-Control": "no-store"})
 
 
+    async def upload(self, request: web.Request) -> web.Response:
+        """Stage one file the user dropped (the body is its bytes); offer it with /v1/transfers.
+
+        Files of one drop share a batch (``X-Sidedoor-Batch``, from the first answer),
+        so a dropped folder arrives as one folder.
+        """
+        parts = upload_parts(request.headers.get(NAME_HEADER, ""))
+        root = self.node.home / UPLOAD_DIR
+        batch = request.headers.get(BATCH_HEADER, "")
+        if batch:
+            if not BATCH_ID.match(batch) or not await asyncio.to_thread((root / batch).is_dir):
+                raise WebUIError("unknown upload batch; start the upload again")
+        else:
+            batch = secrets.token_hex(8)
+            await asyncio.to_thread(_prune_uploads, root, time.time())
+        target = root / batch / Path(*parts)
+        out = await asyncio.to_thread(_create, target)
+        size = 0
+        try:
+            async for chunk in request.content.iter_chunked(UPLOAD_CHUNK):
+                await asyncio.to_thread(out.write, chunk)
+                size += len(chunk)
+            await asyncio.to_thread(out.close)
+        except BaseException as exc:
+            await asyncio.to_thread(out.close)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(target.unlink)
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                raise WebUIError("the disk is full: free some space and try again") from exc
+            if isinstance(exc, OSError):
+                raise WebUIError(f"the file could not be saved: {exc.strerror}") from exc
+            raise
+        return web.json_response({"batch": batch, "path": str(root / batch / parts[0]),
+                                   "size": size})
+
+    async def reveal(self, request: web.Request) -> web.Response:
+        """Show a received transfer's folder in the desktop's file manager."""
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise WebUIError("the body is not JSON") from None
+        tid = body.get("id") if isinstance(body, dict) else None
+        if not isinstance(tid, str):
+            raise WebUIError("name the transfer as 'id'")
+        transfers: Any = getattr(self.node, "transfers", None)
+        if transfers is None:
+            raise WebUIError("this version of sidedoor has no file transfers")
+        info = await transfers.describe_one(tid)
+        if info.get("direction") != "in" or info.get("status") != "done":
+            raise WebUIError("only the folder of files you received can be opened")
+        folder = str(info.get("dest") or "")
+        opener = folder_opener()
+        if opener is None or not folder:
+            raise WebUIError(f"this computer cannot show folders from here; the files are in "
+                             f"{folder}")
+        await asyncio.to_thread(
+            subprocess.Popen, [*opener, folder], stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        return web.json_response({"opened": folder})
+
+
 async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -290,8 +424,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
         headers.setdefault("Content-Security-Policy", CSP)
 
 
-def add_routes(app: web.Application, gate: WebGate) -> None:
-    routes = WebRoutes(gate)
+def add_routes(app: web.Application, gate: WebGate, node: Node) -> None:
+    routes = WebRoutes(gate, node)
     app.router.add_get("/", routes.index)
     app.router.add_get("/login", routes.login)
     app.router.add_get("/static/{name}", routes.static)
@@ -299,6 +433,8 @@ def add_routes(app: web.Application, gate: WebGate) -> None:
     app.router.add_post("/v1/web/logout", routes.logout)
     app.router.add_get("/v1/web/session", routes.session_info)
     app.router.add_get("/v1/qr", routes.qr)
+    app.router.add_post("/v1/web/uploads", routes.upload)
+    app.router.add_post("/v1/web/reveal", routes.reveal)
     app.on_response_prepare.append(_security_headers)
 
 
