@@ -65,6 +65,30 @@ export async function call(method, path, body = undefined) {
   return data;
 }
 
+// One file of a drop, streamed to the node's staging folder: -> {batch, path, size}.
+export async function upload(relativePath, file, batch = "") {
+  const headers = {
+    "Content-Type": "application/octet-stream",
+    "X-Sidedoor-Name": relativePath.split("/").map(encodeURIComponent).join("/"),
+  };
+  if (batch) headers["X-Sidedoor-Batch"] = batch;
+  if (csrf) headers[csrfHeader] = csrf;
+  let resp;
+  try {
+    resp = await fetch("/v1/web/uploads", { method: "POST", headers, body: file, credentials: "same-origin" });
+  } catch (exc) {
+    throw new ApiError("sidedoor is not answering. Is it still running? Run sidedoor again to start it.",
+      { type: "Offline", detail: String(exc) });
+  }
+  let data = null;
+  try { data = await resp.json(); } catch { data = null; }
+  if (!resp.ok) {
+    const error = data && data.error ? data.error : {};
+    throw humanError(error.type || "Error", error.message || "", resp.status);
+  }
+  return data;
+}
+
 export const get = (path) => call("GET", path);
 export const post = (path, body = {}) => call("POST", path, body);
 

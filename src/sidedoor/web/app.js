@@ -34,6 +34,10 @@ const STALE = {
   "chat.read": ["inbox"],
   "presence.changed": ["contacts"],
   "room.changed": ["rooms", "inbox"],
+  "transfer.offered": ["transfers"],
+  "transfer.updated": ["transfers"],
+  "transfer.done": ["transfers"],
+  "transfer.failed": ["transfers"],
 };
 
 const LOADERS = {
@@ -41,6 +45,7 @@ const LOADERS = {
   contacts: async () => (await api.get("/v1/contacts")).contacts,
   requests: () => api.get("/v1/requests"),
   nearby: () => api.get("/v1/nearby"),
+  transfers: async () => (store.features.files ? (await api.get("/v1/transfers")).transfers : []),
   rooms: async () => (store.features.chat ? (await api.get("/v1/chat/rooms")).rooms : []),
   inbox: async () => {
     if (!store.features.chat) return {};
@@ -60,8 +65,8 @@ async function detectFeatures() {
       return true;  // it exists, it only failed this time
     }
   };
-  const [chat] = await Promise.all([probe("/v1/chat/inbox")]);
-  store.features = { chat, files: false };
+  const [chat, files] = await Promise.all([probe("/v1/chat/inbox"), probe("/v1/transfers")]);
+  store.features = { chat, files };
 }
 
 export const store = {
@@ -71,6 +76,7 @@ export const store = {
   nearby: { discovery: false, nearby: [] },
   inbox: {},
   rooms: [],
+  transfers: [],
   features: { chat: false, files: false },
   live: "connecting",
 };
@@ -132,6 +138,18 @@ async function refresh(...keys) {
   }));
 }
 
+// Progress comes several times a second: patch the transfer in place, no reload.
+function progress(event) {
+  const t = store.transfers.find((x) => x.id === event.id);
+  if (!t) { refresh("transfers"); return; }
+  t.done_bytes = event.done_bytes;
+  t.total_bytes = event.total_bytes;
+  t.speed = event.speed;
+  t.eta = event.speed > 0 ? Math.max(0, (event.total_bytes - event.done_bytes) / event.speed) : null;
+  if (t.status === "offered" || t.status === "queued") t.status = t.direction === "out" ? "sending" : "receiving";
+  changed(["transfers"]);
+}
+
 function changed(keys) {
   renderSidebar();
   if (screen && screen.update) screen.update(keys);
@@ -160,6 +178,12 @@ function renderSidebar() {
   countNear.hidden = nearby === 0;
   countNear.textContent = String(nearby);
   countNear.setAttribute("aria-label", `${nearby} not yet contacts`);
+
+  const offers = store.transfers.filter((t) => t.direction === "in" && t.status === "offered").length;
+  const countTransfers = document.getElementById("count-transfers");
+  countTransfers.hidden = offers === 0;
+  countTransfers.textContent = String(offers);
+  countTransfers.setAttribute("aria-label", `${offers} waiting for you`);
 
   const list = document.getElementById("people-nav");
   const contacts = store.contacts.filter((c) => !c.blocked);
@@ -238,6 +262,7 @@ async function boot() {
   source = api.listen(EVENT_KINDS, (event) => {
     const stale = STALE[event.type];
     if (stale) refresh(...stale);
+    if (event.type === "transfer.progress") progress(event);
     if (screen && screen.event) screen.event(event);
   }, (state) => {
     const was = store.live;

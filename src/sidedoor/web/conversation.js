@@ -233,7 +233,10 @@ export function render(main, ctx, address) {
   main.append(head, result, convo, about);
   update();
   return {
-    update: (keys) => { if (keys.includes("contacts") || keys.includes("features")) update(); },
+    update: (keys) => {
+      if (keys.includes("contacts") || keys.includes("features")) update();
+      if (keys.includes("transfers") && dropZone) dropZone.update();
+    },
     event: (ev) => { if (chat) chat.event(ev); },
   };
 }
