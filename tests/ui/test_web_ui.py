@@ -83,7 +83,7 @@ def test_invite_link_then_join_makes_contacts_live(browser: Any, users: dict[str
 
     # Each sees the other, without reloading: the event stream brought it.
     alice_page.wait_for_selector("#contacts a.person:has-text('Bob')")
-    assert "Online" in alice_page.locator("#contacts .presence").first.inner_text()
+    expect(alice_page.locator("#contacts .presence").first).to_contain_text("Online")
     bob_page.goto(f"{bob.base}/#/contacts")
     bob_page.wait_for_selector("#contacts a.person:has-text('Alice')")
     assert bob_page.locator("#people-nav a:has-text('Alice')").count() == 1
@@ -102,7 +102,7 @@ def test_invite_link_then_join_makes_contacts_live(browser: Any, users: dict[str
     # The contact's page: presence in words, safety words to compare.
     alice_page.click("#contacts a.person:has-text('Bob')")
     alice_page.wait_for_selector("h1:has-text('Bob')")
-    assert "local network" in alice_page.locator("#contact-presence").inner_text()
+    expect(alice_page.locator("#contact-presence")).to_contain_text("local network")
     alice_page.click("summary:has-text('Details and safety words')")
     words = alice_page.locator("details .words").inner_text()
     assert words == next(c for c in alice.api("contacts") if c["name"] == "Bob")["safety_words"]
@@ -236,3 +236,44 @@ def test_foreign_host_and_origin_are_refused_over_http(users: dict[str, User]) -
                                              "Content-Type": "application/json"},
                    b'{"name": "Mallory"}') == 401
     assert wait_until(lambda: alice.api("status")["name"] == "Alice")
+
+
+def test_readable_at_125_percent_zoom_and_on_a_narrow_window(browser: Any,
+                                                             users: dict[str, User]) -> None:
+    alice = users["Alice"]
+    # 125% zoom on a 1280-pixel-wide window is a 1024-CSS-pixel viewport at 1.25 scale.
+    for name, viewport, scale in (("zoom125", {"width": 1024, "height": 700}, 1.25),
+                                  ("narrow", {"width": 600, "height": 900}, 1.0)):
+        context = browser.new_context(viewport=viewport, device_scale_factor=scale)
+        page = context.new_page()
+        page.goto(alice.login_url())
+        page.wait_for_selector("body[data-ready]")
+        for screen in ("contacts", "me", "invite", "requests"):
+            page.goto(f"{alice.base}/#/{screen}")
+            page.wait_for_selector("main h1")
+            overflow = page.evaluate(
+                "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
+            assert overflow <= 0, (name, screen, overflow)
+        shot(page, f"me-{name}-light")
+        context.close()
+
+
+def test_everything_is_reachable_with_the_keyboard(browser: Any, users: dict[str, User]) -> None:
+    page = open_ui(browser, users["Alice"])
+    page.keyboard.press("Tab")
+    assert page.evaluate("() => document.activeElement.textContent") == "Skip to content"
+    reached = []
+    for _ in range(12):
+        page.keyboard.press("Tab")
+        reached.append(page.evaluate("() => document.activeElement.textContent.trim()"))
+    assert any(text.startswith("Invite or join") for text in reached), reached
+    while not page.evaluate("() => document.activeElement.textContent.trim()").startswith(
+            "Invite or join"):
+        page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("h1:has-text('Invite or join')")
+    page.focus("#join-input")
+    page.keyboard.type("7-not-a-code")
+    page.keyboard.press("Enter")  # submits the form
+    page.locator(".notice.error").wait_for()
+    page.context.close()

@@ -95,6 +95,7 @@ const ROUTES = {
 };
 
 let screen = null;
+let routed = false;
 let screenKey = "";
 const main = document.getElementById("main");
 
@@ -230,7 +231,10 @@ function route() {
   if (screen && screen.leave) screen.leave();
   main.replaceChildren();
   screen = render(main, ctx, ...rest) || null;
-  main.focus({ preventScroll: true });
+  // After a navigation, keyboard and screen-reader users land on the new content
+  // (on the first page, they start at the top: the skip link).
+  if (routed) main.focus({ preventScroll: true });
+  routed = true;
   window.scrollTo(0, 0);
 }
 

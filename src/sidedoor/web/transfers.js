@@ -92,7 +92,7 @@ export function transferCard(ctx, t, result) {
     h("div", { class: "actions" }, buttons)),
   t.note ? h("blockquote", { class: "note" }, t.note) : null,
   t.status !== "declined" ? bar : null,
-  h("div", { class: "row muted small" }, h("span", { class: "facts-line" }, facts.join(" · ")),
+  t.status === "declined" ? null : h("div", { class: "row muted small" }, h("span", { class: "facts-line" }, facts.join(" · ")),
     t.direction === "in" && t.status === "done" && t.dest ? h("span", { class: "mono" }, t.dest) : null),
   t.error && !ACTIVE.has(t.status) ? h("p", { class: "small error-text" }, t.error) : null));
 }
@@ -140,9 +140,10 @@ export async function sendFiles(ctx, contact, items, status) {
     done += file.size;
   }
   const sent = await api.post("/v1/transfers", { paths: Array.from(tops), to: contact.address });
-  replace(status, notice("ok", sent.status === "queued"
-    ? `Queued: it goes as soon as ${contact.petname || contact.name} is online.`
-    : `Offered to ${contact.petname || contact.name}.`));
+  const name = contact.petname || contact.name;
+  replace(status, notice("ok", sent.status === "queued" && !contact.online
+    ? `Queued: it goes as soon as ${name} is online.`
+    : `Offered to ${name}: it starts when they accept.`));
   ctx.refresh("transfers");
 }
 
