@@ -254,7 +254,7 @@ def test_readable_at_125_percent_zoom_and_on_a_narrow_window(browser: Any,
             overflow = page.evaluate(
                 "() => document.documentElement.scrollWidth - document.documentElement.clientWidth")
             assert overflow <= 0, (name, screen, overflow)
-        shot(page, f"me-{name}-light")
+        shot(page, f"requests-{name}-light")
         context.close()
 
 
