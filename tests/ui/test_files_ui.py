@@ -116,8 +116,11 @@ def test_a_folder_from_the_picker_and_a_decline(browser: Any, pair: tuple[User, 
     offer = bob_page.locator("[data-transfer][data-status='offered']")
     expect(offer).to_contain_text("minutes")
     offer.locator("button:has-text('Accept')").click()
-    expect(bob_page.locator("[data-transfer][data-status='done']").first).to_contain_text(
-        "minutes", timeout=30_000)
+    folder_done = bob_page.locator("[data-transfer][data-status='done']:has-text('minutes')")
+    try:
+        expect(folder_done).to_have_count(1, timeout=60_000)
+    except AssertionError:
+        raise AssertionError(f"not done: {transfers_of(bob)}") from None
     got = {p.relative_to(p.parents[2]).as_posix() if p.parent.name == "2026" else
            p.relative_to(p.parents[1]).as_posix(): p.read_text()
            for p in incoming.rglob("*.txt") if "minutes" in p.parts}
