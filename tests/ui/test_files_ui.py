@@ -86,7 +86,10 @@ def test_a_dropped_file_arrives_byte_identical(browser: Any,
     shot(bob_page, "transfers-offer-light")
     offer.locator("button:has-text('Accept')").click()
     done = bob_page.locator("[data-transfer][data-status='done']")
-    expect(done).to_contain_text("Received from Alice", timeout=30_000)
+    try:
+        expect(done).to_contain_text("Received from Alice", timeout=60_000)
+    except AssertionError:
+        raise AssertionError(f"not done: {transfers_of(bob)} / {transfers_of(alice)}") from None
     expect(alice_page.locator(".filebar [data-status='done']")).to_contain_text("Sent to Bob",
                                                                                 timeout=30_000)
     shot(bob_page, "transfers-done-light")
