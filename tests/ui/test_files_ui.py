@@ -90,8 +90,12 @@ def test_a_dropped_file_arrives_byte_identical(browser: Any,
         expect(done).to_contain_text("Received from Alice", timeout=60_000)
     except AssertionError:
         raise AssertionError(f"not done: {transfers_of(bob)} / {transfers_of(alice)}") from None
-    expect(alice_page.locator(".filebar [data-status='done']")).to_contain_text("Sent to Bob",
-                                                                                timeout=30_000)
+    try:
+        expect(alice_page.locator(".filebar [data-status='done']")).to_contain_text(
+            "Sent to Bob", timeout=30_000)
+    except AssertionError:
+        raise AssertionError(f"sender: {transfers_of(alice)}; page: "
+                             f"{alice_page.inner_text('.filebar')}") from None
     shot(bob_page, "transfers-done-light")
     shot(alice_page, "conversation-files-light")
 
