@@ -117,22 +117,36 @@ export function toast(text, kind = "") {
 
 // ------------------------------------------------------------------ store
 
+// One load per part at a time. A refresh asked for while one runs is not folded into
+// it (that load may have read the node before the change that prompted the ask): the
+// part is loaded once more after it.
 const pending = new Map();
+const again = new Set();
 
-async function refresh(...keys) {
-  await Promise.all(keys.map(async (key) => {
-    if (pending.has(key)) return pending.get(key);
+async function load(key) {
+  try {
+    store[key] = await LOADERS[key]();
+  } catch (exc) {
+    if (exc instanceof api.ApiError && exc.status === 401) signedOut();
+    else console.warn(`sidedoor: could not load ${key}`, exc);
+    return;
+  }
+  changed([key]);
+}
+
+function refresh(...keys) {
+  return Promise.all(keys.map((key) => {
+    if (pending.has(key)) {
+      again.add(key);
+      return pending.get(key);
+    }
     const job = (async () => {
       try {
-        store[key] = await LOADERS[key]();
-      } catch (exc) {
-        if (exc instanceof api.ApiError && exc.status === 401) signedOut();
-        else console.warn(`sidedoor: could not load ${key}`, exc);
-        return;
+        await load(key);
+        while (again.delete(key)) await load(key);
       } finally {
         pending.delete(key);
       }
-      changed([key]);
     })();
     pending.set(key, job);
     return job;
