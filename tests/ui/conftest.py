@@ -73,7 +73,16 @@ class User:
         return url
 
     def api(self, *args: str) -> Any:
+        """A CLI command's --json answer (a real `sidedoor` process: about a second)."""
         return json.loads(sd(self.home, *args, "--json").stdout)
+
+    def get(self, path: str) -> Any:
+        """GET from the node's control API, as the CLI does (bearer token), in process."""
+        token = json.loads((self.home / "control.json").read_text())["token"]
+        request = urllib.request.Request(self.base + path,
+                                         headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
 
 
 def start_user(base: Path, name: str) -> User:

@@ -34,7 +34,7 @@ def test_empty_screens_read_well_in_light_and_dark(browser: Any, users: dict[str
 
 def test_me_shows_identity_and_renames(browser: Any, users: dict[str, User]) -> None:
     alice = users["Alice"]
-    status = alice.api("status")
+    status = alice.get("/v1/status")
     page = open_ui(browser, alice)
     page.goto(f"{alice.base}/#/me")
     assert page.locator("#my-address").inner_text() == status["address"]
@@ -47,7 +47,7 @@ def test_me_shows_identity_and_renames(browser: Any, users: dict[str, User]) -> 
     page.click("text=Save name")
     page.wait_for_selector("text=Colleagues now see you as Alice Liddell")
     expect(page.locator("#me-name")).to_have_text("Alice Liddell")
-    assert alice.api("status")["name"] == "Alice Liddell"
+    assert alice.get("/v1/status")["name"] == "Alice Liddell"
     # A change made elsewhere (the CLI) shows up live.
     sd(alice.home, "name", "Alice")
     expect(page.locator("#me-name")).to_have_text("Alice")
@@ -96,8 +96,8 @@ def test_invite_link_then_join_makes_contacts_live(browser: Any, users: dict[str
     cleo_page.click("button:has-text('Join')")
     # A used link is only an address: Cleo's request waits for Alice to decide.
     cleo_page.wait_for_selector("text=Request sent. Alice needs to accept it")
-    assert not users["Cleo"].api("contacts")
-    assert [r["name"] for r in alice.api("requests")["incoming"]] == ["Cleo"]
+    assert not users["Cleo"].get("/v1/contacts")["contacts"]
+    assert [r["name"] for r in alice.get("/v1/requests")["incoming"]] == ["Cleo"]
 
     # The contact's page: presence in words, safety words to compare.
     alice_page.click("#contacts a.person:has-text('Bob')")
@@ -105,7 +105,8 @@ def test_invite_link_then_join_makes_contacts_live(browser: Any, users: dict[str
     expect(alice_page.locator("#contact-presence")).to_contain_text("local network")
     alice_page.click("summary:has-text('Details and safety words')")
     words = alice_page.locator("details .words").inner_text()
-    assert words == next(c for c in alice.api("contacts") if c["name"] == "Bob")["safety_words"]
+    bob_card = next(c for c in alice.get("/v1/contacts")["contacts"] if c["name"] == "Bob")
+    assert words == bob_card["safety_words"]
     shot(alice_page, "contact-light")
     for page in (alice_page, bob_page, cleo_page):
         page.context.close()
@@ -125,19 +126,19 @@ def test_a_request_is_accepted_after_comparing_words(browser: Any,
     # Cleo's own request to Alice (the reused link) waits; nobody asked Cleo yet.
     cleo_page.wait_for_selector("#requests :text('Alice has not accepted yet')")
     assert cleo_page.locator("[data-request]").count() == 0
-    sd(bob.home, "add", cleo.address, "--addr", f"127.0.0.1:{cleo.api('status')['port']}",
+    sd(bob.home, "add", cleo.address, "--addr", f"127.0.0.1:{cleo.get('/v1/status')['port']}",
        "-m", "Hi Cleo, it's Bob from accounts")
     card = cleo_page.locator("[data-request]")
     card.wait_for()
     assert cleo_page.locator("#count-requests").inner_text() == "1"
-    request = cleo.api("requests")["incoming"][0]
+    request = cleo.get("/v1/requests")["incoming"][0]
     assert card.locator(".safety").inner_text() == request["safety_words"]
     assert "Hi Cleo" in card.inner_text()
     shot(cleo_page, "requests-light")
     card.locator("button:has-text('Accept')").click()
     cleo_page.wait_for_selector("text=Bob is now a contact.")
     assert cleo_page.locator("#count-requests").is_hidden()
-    assert [c["name"] for c in cleo.api("contacts")] == ["Bob"]
+    assert [c["name"] for c in cleo.get("/v1/contacts")["contacts"]] == ["Bob"]
     cleo_page.goto(f"{cleo.base}/#/contacts")
     cleo_page.wait_for_selector("#contacts a.person:has-text('Bob')")
     cleo_page.context.close()
@@ -151,7 +152,7 @@ def test_block_from_the_contact_page(browser: Any, users: dict[str, User]) -> No
     page.click("button:has-text('Block')")
     page.wait_for_selector("text=Bob is blocked.")
     page.wait_for_selector("#contact-presence:has-text('Blocked')")
-    assert cleo.api("contacts")[0]["blocked"] is True
+    assert cleo.get("/v1/contacts")["contacts"][0]["blocked"] is True
     page.click("button:has-text('Unblock')")
     page.wait_for_selector("text=Bob is unblocked.")
     page.context.close()
@@ -220,7 +221,7 @@ def test_another_local_page_cannot_act_for_the_user(browser: Any,
         return tries;
     }""", alice.base)
     assert outcome, outcome
-    assert alice.api("status")["name"] == "Alice"
+    assert alice.get("/v1/status")["name"] == "Alice"
     context.close()
 
 
@@ -235,7 +236,7 @@ def test_foreign_host_and_origin_are_refused_over_http(users: dict[str, User]) -
     assert _status(alice.base + "/v1/name", {"Origin": alice.base,
                                              "Content-Type": "application/json"},
                    b'{"name": "Mallory"}') == 401
-    assert wait_until(lambda: alice.api("status")["name"] == "Alice")
+    assert wait_until(lambda: alice.get("/v1/status")["name"] == "Alice")
 
 
 def test_readable_at_125_percent_zoom_and_on_a_narrow_window(browser: Any,

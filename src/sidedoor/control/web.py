@@ -23,6 +23,19 @@ Cookies are not separated by port: a node on 127.0.0.1:A sees the cookies of one
 keep their own sessions), a session id is only ever valid at the node that made it,
 and requests another port's page makes (``Sec-Fetch-Site: same-site``) are refused.
 
+Routes::
+
+    GET  /login?t=TOKEN          burn a login token, set the cookie, redirect to /
+    GET  /                       the app (index.html); GET /static/NAME: its files
+    POST /v1/web/login           bearer token only: a new one-time login URL
+    GET  /v1/web/session         the session's CSRF token (and the header to send it in)
+    POST /v1/web/logout          end this browser's session
+    GET  /v1/qr?text=&format=    a QR image (svg or png) of ``text`` (an invite link)
+    POST /v1/web/uploads         one dropped file, streamed into ``web-uploads/`` of the
+                                 home (``X-Sidedoor-Name``: its relative path;
+                                 ``X-Sidedoor-Batch``: the drop it belongs to)
+    POST /v1/web/reveal          {id}: show a received transfer's folder on the desktop
+
 The bearer-token API the CLI uses is unchanged: a request with an ``Authorization``
 header is judged by the token alone (plus the Host check, and a foreign Origin is
 refused there too).
