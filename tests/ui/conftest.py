@@ -127,11 +127,23 @@ def browser() -> Iterator[Any]:
             browser.close()
 
 
+# Uncaught errors in the pages' scripts, checked after every test.
+PAGE_ERRORS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_script_errors() -> Iterator[None]:
+    PAGE_ERRORS.clear()
+    yield
+    assert not PAGE_ERRORS, f"the page's scripts failed: {PAGE_ERRORS}"
+
+
 def open_ui(browser: Any, user: User, scheme: str = "light") -> Any:
     """A fresh browser profile (its own cookies) signed in to ``user``'s node."""
     context = browser.new_context(color_scheme=scheme, viewport={"width": 1280, "height": 860})
     context.set_default_timeout(15_000)
     page = context.new_page()
+    page.on("pageerror", lambda exc: PAGE_ERRORS.append(f"{user.name}: {exc}"))
     page.goto(user.login_url())
     page.wait_for_selector("body[data-ready]")
     return page
