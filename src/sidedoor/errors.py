@@ -15,6 +15,8 @@ The hierarchy::
     │   ├── NodeNotRunning           no node answers for this home
     │   ├── NodeAlreadyRunning       a second ``up`` for the same home
     │   └── ControlAPIError          the control API refused or failed a request
+    ├── InvalidBrokerAddress         a broker address that does not parse
+    ├── BrokerError                  a broker refused or failed a request (quota, not found, ...)
     ├── ConnectError                 a peer could not be reached (refused, timed out, unreachable)
     └── ProtocolError                the rules of the wire protocol were broken
         ├── LocalProtocolError       by us: a bug, or an API used in the wrong state
@@ -40,6 +42,7 @@ re-raised as one of these with ``raise ... from exc``.
 from __future__ import annotations
 
 __all__ = [
+    "BrokerError",
     "ConnectError",
     "ContactError",
     "ControlAPIError",
@@ -52,6 +55,7 @@ __all__ = [
     "IdentityMismatch",
     "InsecureKeyFile",
     "InvalidAddress",
+    "InvalidBrokerAddress",
     "InvalidCard",
     "InvalidInviteCode",
     "InviteFailed",
@@ -121,6 +125,14 @@ class ControlAPIError(NodeError):
 
 class WebUIError(SidedoorError):
     """The web UI asked for something that cannot be done (the message says what)."""
+
+
+class InvalidBrokerAddress(SidedoorError, ValueError):
+    """Not a ``sidedoor-broker://HOST:PORT/ADDRESS`` address."""
+
+
+class BrokerError(SidedoorError):
+    """A broker refused a request or could not do it; the message says why."""
 
 
 class ConnectError(SidedoorError):

@@ -53,6 +53,7 @@ class SignatureDomain(enum.Enum):
 
     NOISE_STATIC = b"sidedoor noise-static v1"
     CONTACT_CARD = b"sidedoor contact-card v1"
+    MAIL_ENVELOPE = b"sidedoor mail-envelope v1"
 
 
 def _address_check(key: bytes) -> bytes:

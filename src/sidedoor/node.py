@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import ipaddress
 import logging
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ from sidedoor.errors import (
     HandshakeFailed,
     NodeAlreadyRunning,
     NotAllowed,
+    PeerTimeout,
     SidedoorError,
 )
 from sidedoor.home import LOCK_FILE, ensure_home
@@ -38,11 +41,15 @@ from sidedoor.identity import (
     verify_noise_proof,
 )
 from sidedoor.names import clean_name
+from sidedoor.net.broker_client import BrokerLink
 from sidedoor.net.connection import ChannelStream, Connection, dial, local_keys, new_session
 from sidedoor.net.mdns import Discovery, DiscoveryEvent, PeerJoined, PeerLeft, PeerUpdated
+from sidedoor.net.race import Attempt, race
+from sidedoor.proto.broker import BrokerAddress
 from sidedoor.proto.messages import CloseCode
 from sidedoor.proto.noise import Pattern
 from sidedoor.proto.session import LocalKeys, Role, SessionConfig
+from sidedoor.services.card_updates import CardUpdates
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
@@ -68,6 +75,22 @@ StreamHandler = Callable[[PublicIdentity, ChannelStream], Awaitable[None]]
 SessionListener = Callable[["PeerSession"], None]
 # Happy eyeballs: the next candidate path starts this long after the previous one.
 RACE_STAGGER = 0.25
+# A relayed session being replaced is closed when idle, or after this long anyway.
+UPGRADE_DRAIN_SECONDS = 3600
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise OSError(EADDRINUSE) if something listens on ``port``.
+
+    The node listens with SO_REUSEPORT (its outgoing dials share the port, see
+    `net.sockets`), which would also let a second node of the same user listen on the
+    same port and split the connections with the first: this probe, without
+    SO_REUSEPORT, fails where a listener already is.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 def classify_path(host: str) -> str:
@@ -198,7 +221,12 @@ class Node:
         self.introductions.register()
         self.invites = Invites(self)
         self.invites.register()
-        self.mail = Mail()
+        self.mail = Mail(self)
+        CardUpdates(self).register()
+        self.brokers: dict[str, BrokerLink] = {}
+        self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
+        self._upgrades: set[asyncio.Task[None]] = set()
+        self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -235,6 +263,8 @@ class Node:
             if self._remember_port:
                 await db.run(db.set_setting, "port", str(self.port))
             await self._start_discovery()
+            for url in await db.run(db.brokers):
+                self._link(BrokerAddress.parse(url))
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
@@ -244,12 +274,16 @@ class Node:
     async def _listen(self, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
         try:
-            return await loop.create_server(self._accept, self.host, port, reuse_address=True)
+            if port:
+                _check_port_free(self.host, port)
+            return await loop.create_server(self._accept, self.host, port, reuse_address=True,
+                                            reuse_port=True)
         except OSError as exc:
             if port and self._requested_port is None:
                 # The remembered port is taken (another program got it): pick a new one.
                 log.warning("port %d is taken (%s); choosing another", port, exc.strerror)
-                return await loop.create_server(self._accept, self.host, 0, reuse_address=True)
+                return await loop.create_server(self._accept, self.host, 0, reuse_address=True,
+                                                reuse_port=True)
             raise SidedoorError(f"cannot listen on {self.host}:{port}: {exc.strerror}") from exc
 
     async def _start_discovery(self) -> None:
@@ -345,6 +379,11 @@ class Node:
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.aclose()
+        for task in list(self._upgrades):
+            task.cancel()
+        for link in list(self.brokers.values()):
+            await link.aclose()
+        await self.mail.aclose()
         for conn in [*self.sessions, *self._pending]:
             conn.close("the node is shutting down", CloseCode.SHUTTING_DOWN)
         if self._server is not None:
@@ -427,7 +466,36 @@ class Node:
             "uptime": time.time() - self.started_at,
             "sessions": [s.describe() for s in self.sessions.values()],
             "discovery": self.discovery is not None,
+            "brokers": [link.describe() for link in self.brokers.values()],
         }
+
+    # ------------------------------------------------------------ brokers
+    def _link(self, address: BrokerAddress) -> BrokerLink:
+        link = BrokerLink(self, address, on_mail=lambda item: self.mail.on_mail(link, item))
+        self.brokers[str(address)] = link
+        link.start()
+        return link
+
+    async def add_broker(self, url: str) -> BrokerLink:
+        """Use the broker at ``url`` from now on (and after restarts)."""
+        assert self.db is not None
+        address = BrokerAddress.parse(url)
+        if address.identity == self.public:
+            raise SidedoorError("that is this node's own key, not a broker's")
+        existing = self.brokers.get(str(address))
+        if existing is not None:
+            return existing
+        await self.db.run(self.db.add_broker, str(address), time.time())
+        return self._link(address)
+
+    async def remove_broker(self, url: str) -> None:
+        assert self.db is not None
+        address = BrokerAddress.parse(url)
+        link = self.brokers.pop(str(address), None)
+        if link is None:
+            raise SidedoorError(f"not a broker this node uses: {address.hostport}")
+        await self.db.run(self.db.remove_broker, str(address))
+        await link.aclose()
 
     # ---------------------------------------------------------- sessions
     def _keys(self) -> LocalKeys:
@@ -475,8 +543,8 @@ class Node:
             # Introductions are short: a stranger's session does not linger.
             asyncio.get_running_loop().call_later(
                 STRANGER_LIFETIME, self._end_stranger_session, conn)
-        info = PeerSession(conn, remote, direction, classify_path(str(peer[0])), addr,
-                           contact=standing == "contact")
+        info = PeerSession(conn, remote, direction, conn.via or classify_path(str(peer[0])),
+                           addr, contact=standing == "contact")
         self.sessions[conn] = info
         assert self.db is not None and conn.session.remote_static is not None
         if direction == "out" or info.contact:
@@ -491,6 +559,11 @@ class Node:
         log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
                  info.path, addr)
         self.events.emit("session.opened", **info.describe())
+        if info.contact and info.path == "relayed" and self.public.key < remote.key:
+            # One side drives the upgrade (the smaller key), so the two do not race.
+            task = asyncio.ensure_future(self._upgrade(conn, remote))
+            self._upgrades.add(task)
+            task.add_done_callback(self._upgrades.discard)
         if info.contact:
             for listener in self._session_listeners:
                 try:
@@ -503,8 +576,26 @@ class Node:
         if info is not None and self.standing(info.remote.key) == "stranger":
             conn.close("introductions take a minute at most", CloseCode.BUSY)
 
+    def expect_punch(self, where: tuple[str, int], remote: PublicIdentity,
+                     initiator: bool) -> None:
+        """A punch to ``where`` is under way: a connection from there is that peer."""
+        self._punches[where] = (remote, initiator)
+
+    def forget_punch(self, where: tuple[str, int]) -> None:
+        self._punches.pop(where, None)
+
     def _admit(self, conn: Connection) -> bool:
         """Before any byte is read: cap the connections still in their handshake."""
+        peer = (str(conn.peername[0]), int(conn.peername[1])) if conn.peername else None
+        punch = self._punches.get(peer) if peer is not None else None
+        if punch is not None:
+            remote, initiator = punch
+            conn.via = "punched"
+            if initiator:
+                # The peer's dial reached our listener: we still speak first, as agreed.
+                conn.session = new_session(
+                    Role.INITIATOR, self._keys(), verify_noise_proof,
+                    expected_remote=remote.key, config=self.session_config)
         host = conn.peername[0] if conn.peername else "?"
         same_host = sum(1 for c in self._pending if c.peername and c.peername[0] == host)
         if len(self._pending) > MAX_PENDING or same_host > MAX_PENDING_PER_HOST:
@@ -576,6 +667,8 @@ class Node:
             self._standing.pop(identity, None)
         else:
             self._standing[identity] = standing
+        for link in self.brokers.values():
+            link.refresh()  # who may reach us through it changed
         for conn, info in list(self.sessions.items()):
             if info.remote.key == identity:
                 info.contact = standing == "contact"
@@ -584,14 +677,59 @@ class Node:
 
     def my_card(self) -> bytes:
         assert self.identity is not None
-        return make_card(self.identity, self.display_name, self.listen_addresses(), [],
-                         int(time.time()))
+        return make_card(self.identity, self.display_name, self.listen_addresses(),
+                         list(self.brokers), int(time.time()))
 
     def session_with(self, identity: bytes) -> Connection | None:
+        """The open session with ``identity``; a direct one rather than a relayed one."""
+        found: Connection | None = None
         for conn, info in self.sessions.items():
             if info.remote.key == identity and conn.is_open:
-                return conn
-        return None
+                if info.path != "relayed":
+                    return conn
+                found = found or conn
+        return found
+
+    async def wait_for_session(self, identity: bytes, timeout: float,
+                               direct: bool = False) -> Connection:
+        """The first session with ``identity`` to open (polled: this is for rare paths)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                conn = self.session_with(identity)
+                if conn is not None and not (direct and conn.via == "relayed"):
+                    return conn
+                await asyncio.sleep(0.05)
+
+    async def _upgrade(self, conn: Connection, remote: PublicIdentity) -> None:
+        """Keep trying to replace a relayed session with a punched (direct) one.
+
+        The relayed session is closed once a direct one is open and nothing is left
+        running on the relayed one, so a transfer in progress is not cut.
+        """
+        delay = self.upgrade_interval
+        while conn.is_open and not self._closed:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 300.0)
+            direct = self.session_with(remote.key)
+            if direct is None or direct is conn:
+                for link in list(self.brokers.values()):
+                    if not link.is_registered:
+                        continue
+                    try:
+                        direct = await link.punch(remote, timeout=10.0)
+                        break
+                    except (SidedoorError, OSError) as exc:
+                        log.debug("upgrade to %s via %s failed: %s", remote.short,
+                                  link.address.hostport, exc)
+            if direct is not None and direct is not conn and direct.is_open:
+                log.info("session with %s upgraded from relayed to %s", remote.short,
+                         self.sessions[direct].path if direct in self.sessions else "direct")
+                for _ in range(UPGRADE_DRAIN_SECONDS):
+                    if not (conn.is_open and conn.session.open_channels):
+                        break
+                    await asyncio.sleep(1.0)
+                conn.close("upgraded to a direct path")
+                return
 
     async def connect_any(self, remote: PublicIdentity, addrs: list[str],
                           timeout: float = 10.0) -> Connection:
@@ -626,73 +764,89 @@ class Node:
             addrs.append(last)
         return list(dict.fromkeys(addrs))
 
-    async def reach(self, identity: bytes, timeout: float = 10.0) -> Connection:
-        """A session with ``identity``: the live one, or the first known path that answers.
+    async def reach(self, identity: bytes, timeout: float = 10.0,
+                    addrs: list[str] | None = None) -> Connection:
+        """A session with ``identity``: the live one, or the first path that authenticates.
 
-        Candidate paths are raced, each starting RACE_STAGGER after the previous one
-        (happy eyeballs), and the first to authenticate wins; the others are cancelled.
+        ``addrs`` adds addresses to try (from a link, a card); strangers are reached
+        the same way, for an introduction.
+
+        Candidates are raced (happy eyeballs): the addresses known directly (LAN, its
+        card, the last dial), then, through each broker, the addresses it reports, a
+        punched hole, and last the relay, which starts later so that a direct path
+        wins when there is one.
         """
         live = self.session_with(identity)
         if live is not None:
             return live
         remote = PublicIdentity(identity)
-        addrs = await self.known_addrs(identity)
-        if not addrs:
-            raise ConnectError(f"no known way to reach {remote.short}…; is it online?")
-        return await self._race(remote, addrs, timeout)
+        addrs = list(dict.fromkeys([*(addrs or []), *await self.known_addrs(identity)]))
+        attempts = [Attempt(addr, i * RACE_STAGGER, self._dial_text(remote, addr, timeout))
+                    for i, addr in enumerate(addrs)]
+        for link in self.brokers.values():
+            if link.is_registered:
+                attempts.append(Attempt(f"via {link.address.host}", 0.05 if addrs else 0.0,
+                                        functools.partial(link.reach, remote, set(addrs),
+                                                          timeout)))
+        if not attempts:
+            raise ConnectError(f"no known way to reach {remote.short}…: it was never seen "
+                               "on this network and no broker is connected")
+        return await race(attempts, timeout, f"{remote.short}…")
+
+    def _dial_text(self, remote: PublicIdentity, addr: str, timeout: float
+                   ) -> Callable[[], Awaitable[Connection]]:
+        async def run() -> Connection:
+            host, _, port = addr.rpartition(":")
+            try:
+                port_number = int(port)
+            except ValueError:
+                raise ConnectError("not a host:port") from None
+            return await self.connect(remote, host.strip("[]"), port_number, timeout=timeout)
+        return run
 
     async def _race(self, remote: PublicIdentity, addrs: list[str],
                     timeout: float) -> Connection:
-        errors: list[str] = []
-        tasks: dict[asyncio.Task[Connection], str] = {}
+        attempts = [Attempt(addr, i * RACE_STAGGER, self._dial_text(remote, addr, timeout))
+                    for i, addr in enumerate(addrs)]
+        return await race(attempts, timeout, f"{remote.short}…")
+
+    async def connect_over(self, sock: socket.socket, remote: PublicIdentity, via: str,
+                           timeout: float = 10.0) -> Connection:
+        """Authenticate ``remote`` on an already connected socket (relay, punched hole)."""
+        assert self.db is not None
+        static = await self.db.run(self.db.peer_static, remote.key)
+        session = new_session(
+            Role.INITIATOR, self._keys(), verify_noise_proof,
+            pattern=Pattern.IK if static is not None else Pattern.XX,
+            expected_remote=remote.key, remote_static=static, config=self.session_config)
+        conn = await dial(remote.short, 0, session, timeout=timeout, sock=sock, via=via,
+                          on_handshake=self._on_handshake, on_channel=self._on_channel,
+                          on_closed=self._on_closed)
+        if conn.session.pattern is Pattern.XX and conn.is_open:
+            with contextlib.suppress(SidedoorError):
+                await conn.ping(timeout)
+        if not conn.is_open:
+            raise NotAllowed(f"the node refused the connection "
+                             f"({conn.session.close_reason or 'closed'})")
+        return conn
+
+    async def accept_over(self, sock: socket.socket, via: str,
+                          timeout: float = 10.0) -> Connection:
+        """Answer a handshake on an already connected socket, as if it had dialled us."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        pending_addrs = list(addrs)
-        winner: Connection | None = None
+        conn = self._accept()
+        conn.via = via
         try:
-            while winner is None and (pending_addrs or tasks):
-                if pending_addrs:
-                    addr = pending_addrs.pop(0)
-                    host, _, port = addr.rpartition(":")
-                    try:
-                        coro = self.connect(remote, host.strip("[]"), int(port),
-                                            timeout=max(0.1, deadline - loop.time()))
-                    except ValueError:
-                        errors.append(f"{addr}: not a host:port")
-                        continue
-                    tasks[asyncio.ensure_future(coro)] = addr
-                wait = RACE_STAGGER if pending_addrs else max(0.0, deadline - loop.time())
-                if not tasks:
-                    continue
-                done, _ = await asyncio.wait(tasks, timeout=wait,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    addr = tasks.pop(task)
-                    exc = task.exception()
-                    if exc is None:
-                        if winner is None:
-                            winner = task.result()
-                        else:
-                            task.result().close("a faster path won")
-                    else:
-                        errors.append(f"{addr}: {exc}")
-                if loop.time() >= deadline and winner is None:
-                    break
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(BaseException):
-                    conn = await task
-                    if winner is None:
-                        winner = conn
-                    else:
-                        conn.close("a faster path won")
-        if winner is not None:
-            return winner
-        if not errors:
-            errors.append("timed out")
-        raise ConnectError(f"cannot reach {remote.short}…: " + "; ".join(errors))
+            await loop.create_connection(lambda: conn, sock=sock)
+            async with asyncio.timeout(timeout):
+                await conn.handshake
+        except TimeoutError:
+            conn.close("handshake timeout")
+            raise PeerTimeout(f"no handshake on the {via} path within {timeout:g} s") from None
+        except BaseException:
+            conn.close("handshake failed")
+            raise
+        return conn
 
     async def connect(self, remote: PublicIdentity, host: str, port: int,
                       timeout: float = 10.0) -> Connection:
@@ -730,6 +884,25 @@ class Node:
             return conn
         assert last_error is not None
         raise last_error
+
+    async def ping_reach(self, identity: bytes, count: int = 1,
+                         timeout: float = 10.0) -> PingResult:
+        """Ping a contact by whatever path `reach` finds (or the session already open)."""
+        remote = PublicIdentity(identity)
+        if remote == self.public:
+            raise ConnectError("that is this node's own address")
+        loop = asyncio.get_running_loop()
+        live = self.session_with(identity) is not None
+        start = loop.time()
+        conn = await self.reach(identity, timeout=timeout)
+        handshake_ms = 0.0 if live else (loop.time() - start) * 1000
+        info = self.sessions.get(conn)
+        rtts = [await conn.ping(timeout) * 1000 for _ in range(max(1, count))]
+        return PingResult(
+            address=remote.address, addr=info.remote_addr if info else "?",
+            path=info.path if info else "?", pattern=conn.session.pattern.value,
+            handshake_ms=handshake_ms, rtts_ms=rtts,
+            contact=self.standing(identity) == "contact")
 
     async def ping(self, address: str, host: str, port: int, count: int = 1,
                    timeout: float = 10.0) -> PingResult:

@@ -114,3 +114,20 @@ def _split_stream(draw: st.DrawFn) -> tuple[list[bytes], bytes, list[int]]:
 def test_any_split_decodes_the_same(case: tuple[list[bytes], bytes, list[int]]) -> None:
     bodies, stream, cuts = case
     assert _decode_all(stream, cuts) == bodies
+
+
+def test_a_small_buffer_grows_for_a_big_frame_and_shrinks_after() -> None:
+    decoder = FrameDecoder(buffer_size=4096)
+    body = bytes(range(256)) * 200  # 51,200 bytes: more than the buffer
+    wire = encode_frame(body)
+    got: list[bytes] = []
+    view = memoryview(wire)
+    while view:
+        room = decoder.get_buffer()
+        n = min(len(room), len(view), 3000)
+        room[:n] = view[:n]
+        got.extend(bytes(f) for f in decoder.buffer_updated(n))
+        view = view[n:]
+    assert got == [body]
+    decoder.get_buffer()
+    assert len(decoder._buf) == 4096

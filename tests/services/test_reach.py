@@ -58,3 +58,11 @@ async def test_reach_a_stranger_with_no_address_fails_clearly(node_factory) -> N
     b: Node = await node_factory()
     with pytest.raises(ConnectError, match="no known way"):
         await a.reach(b.public.key, timeout=2)
+
+
+async def test_a_second_node_cannot_take_a_port_in_use(node_factory, home_factory) -> None:  # type: ignore[no-untyped-def]
+    # Nodes listen with SO_REUSEPORT (dials share the port); that must not let a
+    # second node listen on the same port and split the first one's connections.
+    a: Node = await node_factory()
+    with pytest.raises(Exception, match="already in use"):
+        await node_factory(home=home_factory("b"), port=a.port)

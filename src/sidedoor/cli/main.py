@@ -16,6 +16,13 @@ from rich.table import Table
 
 from sidedoor import __version__
 from sidedoor.cli import people, web
+from sidedoor.cli.broker import (
+    broker_add_command,
+    broker_command,
+    broker_remove_command,
+    brokers_command,
+    print_broker_status,
+)
 from sidedoor.cli.common import Context, _ago, _api, _print_json, _run, err, out, pass_ctx, safe
 from sidedoor.cli.demo import demo_command
 from sidedoor.control.server import parse_host_port
@@ -228,6 +235,7 @@ def _print_status(status: dict[str, Any]) -> None:
     out.print(f"[bold]Address[/]     {safe(status['address'])}")
     out.print(f"[bold]Fingerprint[/] {safe(status['fingerprint'])}")
     out.print(f"[bold]Listening[/]   {safe(', '.join(status['listening']))}")
+    print_broker_status(status)
 
 
 @cli.command("status")
@@ -272,44 +280,53 @@ def status_command(ctx: Context, as_json: bool) -> None:
 # --------------------------------------------------------------------- ping
 
 @cli.command("ping")
-@click.argument("address")
-@click.option("--addr", "addr", required=True, metavar="HOST:PORT",
-              help="Where the node listens (see its `sidedoor status`).")
+@click.argument("who")
+@click.option("--addr", "addr", default=None, metavar="HOST:PORT",
+              help="Dial this address instead of finding the contact (any node, by ADDRESS).")
 @click.option("-c", "--count", type=click.IntRange(1, 100), default=3, show_default=True,
               help="How many round trips to measure.")
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=10.0, show_default=True,
               help="Seconds to wait for the connection and each answer.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
-def ping_command(ctx: Context, address: str, addr: str, count: int, timeout: float,
+def ping_command(ctx: Context, who: str, addr: str | None, count: int, timeout: float,
                  as_json: bool) -> None:
-    """Check that the node with ADDRESS answers at HOST:PORT.
+    """Check that a contact (or any node) answers, by which path, and how fast.
 
-    Opens an authenticated, encrypted session (the node must prove it holds the
-    key behind ADDRESS), then measures round trips. Uses your running node if
-    there is one, else connects directly from this command.
+    WHO is a contact's name or address: your running node reaches it however it can
+    (the session already open, the LAN, its last address, or through a broker:
+    punched or relayed) and reports the path. With --addr HOST:PORT, WHO is a node's
+    address and that exact place is dialled (it works without a running node).
+    Either way the node must prove it holds the key behind its address.
 
     \b
-    Example:
+    Examples:
+      sidedoor ping bob
       sidedoor ping sdabc...xyz --addr 127.0.0.1:7070
     """
     from sidedoor.identity import PublicIdentity
 
-    PublicIdentity.from_address(address)  # a typo fails here, before any network
-    host, port = parse_host_port(addr)
-    body = {"address": address, "addr": addr, "count": count, "timeout": timeout}
-    try:
+    if addr is None:
+        body: dict[str, Any] = {"who": who, "count": count, "timeout": timeout}
         data = _run(_api(ctx.home, "POST", "/v1/ping", body, timeout=timeout * (count + 2)))
-    except NodeNotRunning:
-        data = _run(_ping_direct(ctx.home, address, host, port, count, timeout)).as_dict()
+    else:
+        PublicIdentity.from_address(who)  # a typo fails here, before any network
+        host, port = parse_host_port(addr)
+        body = {"address": who, "addr": addr, "count": count, "timeout": timeout}
+        try:
+            data = _run(_api(ctx.home, "POST", "/v1/ping", body,
+                             timeout=timeout * (count + 2)))
+        except NodeNotRunning:
+            data = _run(_ping_direct(ctx.home, who, host, port, count, timeout)).as_dict()
     if as_json:
         _print_json(data)
         return
     rtts = data["rtts_ms"]
     note = "reachable; not a contact" if not data["contact"] else "reachable"
+    how = (f"handshake {safe(data['pattern'])} {data['handshake_ms']:.1f} ms"
+           if data["handshake_ms"] else "session already open")
     out.print(f"[green]{note}[/]: {safe(data['address'][:14])}… at {safe(data['addr'])} "
-              f"(path: {safe(data['path'])}, handshake {safe(data['pattern'])} "
-              f"{data['handshake_ms']:.1f} ms)")
+              f"(path: {safe(data['path'])}, {how})")
     for i, rtt in enumerate(rtts, 1):
         out.print(f"  round trip {i}: {rtt:.2f} ms")
     if len(rtts) > 1:
@@ -326,6 +343,10 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 people.register(cli)
 cli.add_command(demo_command)
 cli.add_command(web.open_command)
+cli.add_command(broker_command)
+cli.add_command(broker_add_command)
+cli.add_command(broker_remove_command)
+cli.add_command(brokers_command)
 
 
 def main() -> None:

@@ -306,9 +306,10 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None, wa
                    as_json: bool) -> None:
     """Invite a colleague: a one-time code to read to them, or a link to send.
 
-    The code (like 7-guitar-orbit) works for a colleague on the same network, once,
-    for 10 minutes: they run `sidedoor join 7-guitar-orbit` and you both become
-    contacts. A wrong guess burns the code.
+    The code (like 7-guitar-orbit) works once, for 10 minutes, for a colleague on
+    the same network, or anywhere when you both use the same broker
+    (`sidedoor broker-add`): they run `sidedoor join 7-guitar-orbit` and you both
+    become contacts. A wrong guess burns the code.
 
     The link (--link, --qr, --png) carries your signed contact card and a one-time
     token: whoever joins with it first becomes your contact.
@@ -327,7 +328,9 @@ def invite_command(ctx: Context, want_link: bool, qr: bool, png: Path | None, wa
         out.print(f"Your invite code: [bold]{code}[/]")
         out.print("Read it to your colleague; on their computer they run:")
         out.print(f"  sidedoor join {code}")
-        out.print("[dim]It works once, for 10 minutes, on this network.[/]")
+        where = (f"anywhere through the broker {safe(data['broker'])}" if data.get("broker")
+                 else "on this network")
+        out.print(f"[dim]It works once, for 10 minutes, {where}.[/]")
         if wait:
             nameplate = int(data["code"].split("-")[0])
             try:

@@ -200,7 +200,8 @@ class PeopleRoutes:
 
     async def invite(self, request: web.Request) -> web.Response:
         invite = await self.node.invites.create()
-        return web.json_response({"code": str(invite.code), "expires_at": invite.expires_at})
+        return web.json_response({"code": str(invite.code), "expires_at": invite.expires_at,
+                                  "broker": invite.broker})
 
     async def nearby(self, request: web.Request) -> web.Response:
         return web.json_response({"discovery": self.node.discovery is not None,

@@ -27,10 +27,11 @@ from typing import Any
 
 from aiohttp import web
 
-from sidedoor.control import people
+from sidedoor.control import brokers, people
 from sidedoor.control import web as web_ui
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
 from sidedoor.home import CONTROL_FILE
+from sidedoor.identity import PublicIdentity
 from sidedoor.net.connection import ChannelClosedError
 from sidedoor.node import Node
 
@@ -72,6 +73,7 @@ class ControlServer:
         app.router.add_get("/v1/events", self._events)
         people.add_routes(app, self.node, self._json_body)
         web_ui.add_routes(app, self.web, self.node)
+        brokers.add_routes(app, self.node, self._json_body)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._requested_port)
@@ -180,14 +182,25 @@ class ControlServer:
         address, addr = body.get("address"), body.get("addr")
         count = body.get("count", 1)
         timeout = body.get("timeout", 10.0)
-        if not isinstance(address, str) or not isinstance(addr, str):
-            return _error(400, "BadRequest", "give 'address' and 'addr' (host:port)")
+        who = body.get("who")
+        if isinstance(who, str) and addr is None:
+            contacts = self.node.contacts
+            assert contacts is not None and self.node.db is not None
+            contact = await self.node.db.run(contacts.resolve, who)
+            address = contact.public.address
+        elif not isinstance(address, str) or not isinstance(addr, str):
+            return _error(400, "BadRequest", "give 'who' (a contact), or 'address' and 'addr'")
         if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 100:
             return _error(400, "BadRequest", "count is 1 to 100")
         if not isinstance(timeout, int | float) or not 0 < timeout <= 60:
             return _error(400, "BadRequest", "timeout is 0 to 60 seconds")
-        host, port = parse_host_port(addr)
-        result = await self.node.ping(address, host, port, count=count, timeout=float(timeout))
+        if addr is None:
+            result = await self.node.ping_reach(PublicIdentity.from_address(address).key,
+                                                count=count, timeout=float(timeout))
+        else:
+            host, port = parse_host_port(addr)
+            result = await self.node.ping(address, host, port, count=count,
+                                          timeout=float(timeout))
         return web.json_response(result.as_dict())
 
     async def _shutdown(self, request: web.Request) -> web.Response:

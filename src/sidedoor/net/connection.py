@@ -243,6 +243,8 @@ class Connection(asyncio.BufferedProtocol):
         self._streams: dict[int, ChannelStream] = {}
         self._opening: dict[int, asyncio.Future[ChannelStream]] = {}
         self._pings: dict[int, asyncio.Future[float]] = {}
+        # How the path was made when the address alone does not say: relayed, punched.
+        self.via: str | None = None
 
     # ------------------------------------------------------------ protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -518,16 +520,28 @@ async def dial(
     on_handshake: Callable[[Connection], None] | None = None,
     on_channel: ChannelHandler | None = None,
     on_closed: Callable[[Connection], None] | None = None,
+    sock: socket.socket | None = None,
+    via: str | None = None,
 ) -> Connection:
-    """Connect and complete the handshake; raise `ConnectError` or a `ProtocolError`."""
+    """Connect and complete the handshake; raise `ConnectError` or a `ProtocolError`.
+
+    With ``sock`` (already connected: a relay, a punched hole), ``host:port`` only
+    names it in messages. ``via`` says how the path was made ("relayed", "punched").
+    """
     loop = asyncio.get_running_loop()
+
+    def make() -> Connection:
+        conn = Connection(session, on_handshake=on_handshake, on_channel=on_channel,
+                          on_closed=on_closed)
+        conn.via = via
+        return conn
+
     try:
         async with asyncio.timeout(timeout):
-            _, conn = await loop.create_connection(
-                lambda: Connection(session, on_handshake=on_handshake, on_channel=on_channel,
-                                   on_closed=on_closed),
-                host, port,
-            )
+            if sock is not None:
+                _, conn = await loop.create_connection(make, sock=sock)
+            else:
+                _, conn = await loop.create_connection(make, host, port)
     except TimeoutError:
         raise ConnectError(f"{host}:{port} did not answer within {timeout:g} s") from None
     except OSError as exc:

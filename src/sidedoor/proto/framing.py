@@ -37,6 +37,9 @@ def encode_message(body: bytes) -> bytes:
     return MESSAGE_HEADER.pack(len(body)) + body
 
 
+MIN_BUFFER = 4096  # the smallest read buffer: a handshake message, a small control message
+
+
 class FrameDecoder:
     """Splits a byte stream into frames, in a buffer of its own.
 
@@ -48,22 +51,26 @@ class FrameDecoder:
     moved to the front of the buffer once, when the buffer is next handed out.
 
     The length of a frame is checked as soon as its 2-byte header is in, before its
-    body is waited for; the buffer never grows.
+    body is waited for. The buffer is ``buffer_size`` bytes; when a frame larger than
+    that is on its way it grows to hold it, and shrinks back once it is empty, so a
+    broker's idle sessions hold a few KiB each while a node's bulk reads get 1 MiB.
     """
 
     def __init__(self, max_frame_len: int = MAX_FRAME_LEN, buffer_size: int = 1 << 20) -> None:
         self.max_frame_len = max_frame_len
-        self._buf = bytearray(max(buffer_size, max_frame_len + HEADER_LEN))
+        self._base = max(buffer_size, MIN_BUFFER)
+        self._buf = bytearray(self._base)
         self._start = 0
         self._end = 0
 
     def grow(self, max_frame_len: int, buffer_size: int) -> None:
-        """Raise the frame limit and the buffer with it (a session that just opened).
+        """Raise the frame limit and the buffer size (a session that just opened).
 
         Until then a connection that has not authenticated holds only a small buffer.
         """
         pending = self._buf[self._start : self._end]
-        self._buf = bytearray(max(buffer_size, max_frame_len + HEADER_LEN))
+        self._base = max(buffer_size, MIN_BUFFER, len(pending))
+        self._buf = bytearray(self._base)
         self._buf[: len(pending)] = pending
         self._start, self._end = 0, len(pending)
         self.max_frame_len = max_frame_len
@@ -73,12 +80,23 @@ class FrameDecoder:
         return self._end - self._start
 
     def get_buffer(self) -> memoryview:
-        """The free space to read into (at least one whole frame's worth)."""
+        """The free space to read into: room for at least the rest of the next frame."""
         start, end = self._start, self._end
         if start:
             pending = end - start
             self._buf[:pending] = self._buf[start:end]
             self._start, self._end = 0, pending
+        pending = self._end
+        if pending == 0 and len(self._buf) > self._base:
+            self._buf = bytearray(self._base)  # a big frame came and went
+        elif pending >= HEADER_LEN:
+            need = HEADER_LEN + ((self._buf[0] << 8) | self._buf[1])
+            if need > len(self._buf):
+                bigger = bytearray(need)
+                bigger[:pending] = self._buf[:pending]
+                self._buf = bigger
+        elif len(self._buf) - pending < HEADER_LEN:
+            self._buf.extend(bytes(HEADER_LEN))
         return memoryview(self._buf)[self._end :]
 
     def buffer_updated(self, n: int) -> list[memoryview]:

@@ -100,6 +100,9 @@ class SessionConfig:
     idle_timeout: float = 45.0
     channel_window: int = 4 << 20
     max_channels: int = 64
+    # Bytes read at once once open; a broker holding thousands of idle sessions
+    # keeps this small (frames larger than it grow the buffer for a moment).
+    receive_buffer: int = RECEIVE_BUFFER
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,7 +354,7 @@ class Session:
         self.handshake_hash = hs.handshake_hash
         self._hs = None
         self.state = State.OPEN
-        self._frames.grow(MAX_FRAME_LEN, RECEIVE_BUFFER)
+        self._frames.grow(MAX_FRAME_LEN, self.config.receive_buffer)
         self._deadline = None
         self._last_received = now
         self._events.append(

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from sidedoor.cards import ContactCard, open_card, read_stored_card
-from sidedoor.errors import ContactError, InvalidAddress
+from sidedoor.errors import ContactError, InvalidAddress, InvalidCard
 from sidedoor.identity import PublicIdentity, decode_address, safety_words
 from sidedoor.storage.db import Database
 
@@ -128,6 +128,18 @@ class ContactBook:
         contact = self.get(card.identity)
         assert contact is not None
         return contact
+
+    def refresh_card(self, identity: bytes, card_bytes: bytes) -> bool:
+        """Store a contact's newer card (new addresses, brokers); False if not newer."""
+        card = open_card(card_bytes)
+        if card.identity != identity:
+            raise InvalidCard("a card for someone else")
+        current = self.get(identity)
+        if current is None or card.issued_at <= current.card.issued_at:
+            return False
+        self.db.call(lambda c: c.execute(
+            "UPDATE contacts SET card = ? WHERE identity = ?", (card_bytes, identity)))
+        return True
 
     def _unique_petname(self, name: str, identity: bytes) -> str:
         taken = {

@@ -12,7 +12,6 @@ import logging
 import os
 import time
 import urllib.parse
-from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,6 +21,7 @@ from sidedoor.identity import PublicIdentity
 from sidedoor.names import clean_name
 from sidedoor.net.connection import ChannelStream
 from sidedoor.proto import introductions as wire
+from sidedoor.rate_limit import RateLimiter
 from sidedoor.services.contacts import Contact, ContactBook
 
 if TYPE_CHECKING:
@@ -66,25 +66,6 @@ def parse_link(text: str) -> Link:
     if len(token) not in (0, 16):
         raise ContactError("this link's token is damaged")
     return Link(card, card_bytes, token)
-
-
-class RateLimiter:
-    """At most ``count`` events per ``window`` seconds for each key."""
-
-    def __init__(self, count: int, window: float, max_keys: int = 4096) -> None:
-        self.count, self.window, self.max_keys = count, window, max_keys
-        self._seen: dict[str, deque[float]] = {}
-
-    def allow(self, key: str, now: float) -> bool:
-        if len(self._seen) >= self.max_keys:
-            self._seen = {k: v for k, v in self._seen.items() if v and v[-1] > now - self.window}
-        times = self._seen.setdefault(key, deque())
-        while times and times[0] <= now - self.window:
-            times.popleft()
-        if len(times) >= self.count:
-            return False
-        times.append(now)
-        return True
 
 
 class Introductions:
@@ -182,7 +163,7 @@ class Introductions:
             raise ContactError("that is you")
         if node.standing(target.key) == "contact":
             raise ContactError("you are already contacts")
-        conn = await node.connect_any(target, addrs)
+        conn = await node.reach(target.key, addrs=addrs)
         meta = wire.encode(wire.RequestMeta(node.my_card(), message[: wire.MAX_MESSAGE_LEN],
                                             token))
         stream = await conn.open_channel(wire.KIND_REQUEST, meta)
@@ -220,7 +201,7 @@ class Introductions:
         contact = await self.add_contact(request.card_bytes, "request")
         told = False
         try:
-            conn = await node.connect_any(contact.public, [*request.card.addrs], timeout=5)
+            conn = await node.reach(contact.identity, timeout=5, addrs=[*request.card.addrs])
             stream = await conn.open_channel(
                 wire.KIND_ACCEPT, wire.encode(wire.AcceptMeta(node.my_card())))
             data = await stream.read_all(wire.MAX_REPLY_LEN, REPLY_TIMEOUT)

@@ -1,11 +1,14 @@
 """Invite codes between two nodes: make one, advertise it, and run the PAKE when a colleague joins.
 
-The inviting node keeps its open invites in memory (they last 10 minutes) and
-advertises their nameplates on the LAN (TXT ``inv=7,12``). The joining node
-finds the nameplate among the nodes nearby, opens a session to it (as a
-stranger) and an ``invite`` channel, and both run `proto.invite.InviteMachine`
-bound to that session's handshake hash. A nameplate is retired the moment a
-joiner starts on it, so whoever tries a code gets one guess.
+The inviting node keeps its open invites in memory (they last 10 minutes). When it
+is registered at a broker, the broker allocates the nameplate (the meeting point,
+so a code works across networks); it also advertises its nameplates on the LAN (TXT
+``inv=7,12``). The joining node asks its brokers who holds the nameplate (a broker
+answers once per nameplate), else looks for it among the nodes nearby, reaches that
+node as a stranger (directly, punched or relayed) and opens an ``invite`` channel;
+both run `proto.invite.InviteMachine` bound to that session's handshake hash. A
+nameplate is retired the moment a joiner starts on it, so whoever tries a code gets
+one guess.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from sidedoor.cards import open_card
-from sidedoor.errors import ContactError, InviteFailed, MessageError, NotAllowed
+from sidedoor.errors import BrokerError, ContactError, InviteFailed, MessageError, NotAllowed
 from sidedoor.identity import PublicIdentity
 from sidedoor.invite_codes import InviteCode, make_code, parse_code
 from sidedoor.net.connection import ChannelStream
+from sidedoor.proto.broker import Claimed, ClaimNameplate, NameplateOwner, UseNameplate
 from sidedoor.proto.invite import InviteMachine, InviteRole
 from sidedoor.services.contacts import Contact
 
 if TYPE_CHECKING:
+    from sidedoor.net.broker_client import BrokerLink
     from sidedoor.net.mdns import NearbyPeer
     from sidedoor.node import Node
 
@@ -46,6 +51,7 @@ INVITE_PROPERTY = "inv"
 class PendingInvite:
     code: InviteCode
     expires_at: float
+    broker: str = ""  # the broker holding the nameplate, if any
 
 
 def nameplates_of(peer: NearbyPeer) -> set[int]:
@@ -69,26 +75,37 @@ class Invites:
         value = ",".join(str(n) for n in sorted(self.pending))
         await self.node.advertise({INVITE_PROPERTY: value} if value else {})
 
+    def _links(self) -> list[BrokerLink]:
+        return [link for link in self.node.brokers.values() if link.is_registered]
+
     async def create(self) -> PendingInvite:
-        if self.node.discovery is None:
+        links = self._links()
+        if self.node.discovery is None and not links:
             raise ContactError(
-                "invite codes work between colleagues on the same network, and discovery is "
-                "off on this node; use `sidedoor invite --link` instead"
+                "invite codes need a broker (`sidedoor broker-add`) or colleagues on the same "
+                "network with discovery on; use `sidedoor invite --link` instead"
             )
         now = time.time()
         self._expire(now)
         if len(self.pending) >= MAX_OPEN_INVITES:
             raise ContactError("too many open invites; wait for some to be used or expire")
-        # A number nobody nearby is advertising: a joiner must find exactly one inviter.
-        taken = set(self.pending) | {
-            n for peer in self.node.discovery.nearby.values() for n in nameplates_of(peer)
-        }
         code = make_code(os.urandom(4))
-        for _ in range(1000):
-            if code.nameplate not in taken:
-                break
-            code = make_code(os.urandom(4))
-        invite = PendingInvite(code, now + INVITE_TTL)
+        if links:
+            # The broker's number is unique among everyone who uses that broker.
+            claimed = await links[0].request(lambda rid: ClaimNameplate(rid))
+            assert isinstance(claimed, Claimed)
+            code = InviteCode(claimed.nameplate, code.words)
+        else:
+            # A number nobody nearby is advertising: a joiner must find exactly one inviter.
+            assert self.node.discovery is not None
+            taken = set(self.pending) | {
+                n for peer in self.node.discovery.nearby.values() for n in nameplates_of(peer)
+            }
+            for _ in range(1000):
+                if code.nameplate not in taken:
+                    break
+                code = make_code(os.urandom(4))
+        invite = PendingInvite(code, now + INVITE_TTL, links[0].address.hostport if links else "")
         self.pending[code.nameplate] = invite
         await self._advertise()
         self.node.events.emit("invite.created", nameplate=code.nameplate,
@@ -149,6 +166,17 @@ class Invites:
 
     async def join(self, text: str, find_timeout: float = FIND_TIMEOUT) -> Contact:
         code = parse_code(text)
+        for link in self._links():
+            try:
+                owner = await link.request(lambda rid: UseNameplate(rid, code.nameplate))
+            except BrokerError:
+                continue  # not this broker's number (or a LAN code): try the next way
+            assert isinstance(owner, NameplateOwner)
+            return await self.join_at(code, PublicIdentity(owner.owner), [])
+        if self.node.discovery is None:
+            raise ContactError(
+                f"no broker of yours has an open invite number {code.nameplate}, and LAN "
+                "discovery is off: check the code, or ask for a link (`sidedoor invite --link`)")
         peer = await self._find(code.nameplate, find_timeout)
         addrs = [f"[{h}]:{peer.port}" if ":" in h else f"{h}:{peer.port}" for h in peer.hosts]
         return await self.join_at(code, PublicIdentity.from_address(peer.address), addrs)
@@ -158,7 +186,7 @@ class Invites:
         """Use ``code`` with the node ``remote`` at ``addrs`` (found on the LAN, or by a broker)."""
         if remote == self.node.public:
             raise ContactError("that is your own invite; give the code to a colleague")
-        conn = await self.node.connect_any(remote, addrs)
+        conn = await self.node.reach(remote.key, addrs=addrs)
         stream = await conn.open_channel(KIND_INVITE, msgspec.msgpack.encode(code.nameplate))
         return await self._run(self._machine(InviteRole.JOINER, code, remote, stream), remote,
                                stream)

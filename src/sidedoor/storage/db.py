@@ -137,6 +137,18 @@ class Database:
             "last_addr = coalesce(excluded.last_addr, last_addr), last_seen = excluded.last_seen",
             (identity, noise_static, addr, now)))
 
+    def brokers(self) -> list[str]:
+        rows = self.call(lambda c: c.execute(
+            "SELECT url FROM brokers ORDER BY added_at").fetchall())
+        return [str(r[0]) for r in rows]
+
+    def add_broker(self, url: str, now: float) -> None:
+        self.call(lambda c: c.execute(
+            "INSERT OR IGNORE INTO brokers(url, added_at) VALUES (?, ?)", (url, now)))
+
+    def remove_broker(self, url: str) -> None:
+        self.call(lambda c: c.execute("DELETE FROM brokers WHERE url = ?", (url,)))
+
     def peer_last_addr(self, identity: bytes) -> str | None:
         row = self.call(lambda c: c.execute(
             "SELECT last_addr FROM peers WHERE identity = ?", (identity,)).fetchone())

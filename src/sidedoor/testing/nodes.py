@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+
 from sidedoor.node import Node
 
 
@@ -20,3 +23,14 @@ async def befriend(a: Node, b: Node) -> None:
     await a.introductions.accept(request.id)
     if not a.standing(b.public.key) == b.standing(a.public.key) == "contact":
         raise AssertionError("befriend: the two nodes are not contacts both ways")
+
+
+async def eventually(check: Callable[[], object], timeout: float = 10.0,
+                     interval: float = 0.02, what: str = "the condition") -> None:
+    """Return once ``check()`` is true; fail with AssertionError after ``timeout`` s."""
+    for _ in range(max(1, int(timeout / interval))):
+        if check():
+            return
+        await asyncio.sleep(interval)
+    if not check():
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

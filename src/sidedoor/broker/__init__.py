@@ -1,0 +1,1 @@
+"""The broker: rendezvous, relay, mailbox and invite meeting point for sidedoor nodes."""
