@@ -3,6 +3,14 @@
 import * as api from "./api.js";
 import { actionButton, avatar, copyButton, h, notice, pageHead, replace } from "./dom.js";
 
+// What the broker saw of this computer's router, for people who do not know what NAT means.
+const NAT_WORDS = {
+  none: "contacts can connect to you directly",
+  "port-preserving": "contacts connect to you directly, through your router",
+  "port-changing": "contacts behind a router reach you through the broker's relay (slower)",
+  unknown: "still finding out how your router behaves",
+};
+
 function reachLines(status) {
   const lines = [];
   const lan = [];
@@ -21,7 +29,16 @@ function reachLines(status) {
   lines.push(h("li", {}, status.discovery
     ? [h("strong", {}, "Colleagues nearby see you"), " on the same network, without an invite"]
     : [h("strong", {}, "Hidden from colleagues nearby"), ": finding people on the network is switched off"]));
-  lines.push(h("li", { class: "muted" }, "Through a broker (for colleagues elsewhere): not set up on this computer yet"));
+  const brokers = status.brokers || [];
+  if (brokers.length === 0) {
+    lines.push(h("li", { class: "muted" },
+      "Colleagues elsewhere (another office, at home): no broker is set up on this computer yet"));
+  }
+  for (const b of brokers) {
+    lines.push(h("li", {}, b.state === "registered"
+      ? [h("strong", {}, "From anywhere"), ` through the broker ${b.host}: `, NAT_WORDS[b.nat] || NAT_WORDS.unknown]
+      : [h("strong", {}, `Broker ${b.host}`), `: ${b.state}${b.error ? ` (${b.error})` : ""}`]));
+  }
   return lines;
 }
 
