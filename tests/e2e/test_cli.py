@@ -303,7 +303,7 @@ def test_debug_shows_the_traceback(home: Path) -> None:
 def test_usage_errors_exit_2(home: Path) -> None:
     usage_error(sd(home, "frobnicate"))
     usage_error(sd(home, "status", "--frob"))
-    for args in (("ping", "sdabc"), ("ping",), ("ping", "sdabc", "--addr", "1.2.3.4:1", "-c", "0"),
+    for args in (("ping",), ("ping", "sdabc", "--addr", "1.2.3.4:1", "-c", "0"),
                  ("ping", "sdabc", "--addr", "1.2.3.4:1", "--timeout", "0"),
                  ("up", "--port", "70000"), ("up", "--port", "x"), ("--no-such-option", "id"),
                  ("id", "extra"), ("down", "--json")):

@@ -429,6 +429,6 @@ async def test_add_by_full_address_not_nearby_says_so(
     monkeypatch.setattr(api.node, "nearby", lambda: _seen_nearby(stranger))
     status, body = await api.call("POST", "/v1/add", json={"address": other.public.address})
     assert status == 400
-    assert "no known address" in assert_error(body, "ConnectError")
+    assert "no known way to reach" in assert_error(body, "ConnectError")
     assert other.contacts is not None and other.db is not None
     assert await other.db.run(other.contacts.requests, "in") == []
