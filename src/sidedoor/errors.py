@@ -14,6 +14,7 @@ The hierarchy::
     ├── DiscoveryError               LAN discovery (mDNS) cannot start
     ├── TransferError                a file transfer cannot be done (unknown transfer, bad path)
     │   └── DiskFull                 the destination has no room for what is offered
+    ├── WebUIError                   the web UI cannot do it (a bad upload name, no folder opener)
     ├── NodeError                    the local node, seen from the CLI
     │   ├── NodeNotRunning           no node answers for this home
     │   ├── NodeAlreadyRunning       a second ``up`` for the same home
@@ -83,6 +84,7 @@ __all__ = [
     "TransferError",
     "UnsafeFileName",
     "VersionMismatch",
+    "WebUIError",
 ]
 
 
@@ -132,6 +134,10 @@ class ControlAPIError(NodeError):
     def __init__(self, message: str, status: int = 0) -> None:
         super().__init__(message)
         self.status = status
+
+
+class WebUIError(SidedoorError):
+    """The web UI asked for something that cannot be done (the message says what)."""
 
 
 class InvalidBrokerAddress(SidedoorError, ValueError):

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from sidedoor import __version__
 from sidedoor.cli import chat as chat_cli
-from sidedoor.cli import files, people
+from sidedoor.cli import files, people, web
 from sidedoor.cli.broker import (
     broker_add_command,
     broker_command,
@@ -51,18 +51,25 @@ class SidedoorGroup(click.Group):
             ctx.exit(1)
 
 
-@click.group(cls=SidedoorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=SidedoorGroup, invoke_without_command=True,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--home", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="The node's folder (identity, database, logs). "
                    "Default: $SIDEDOOR_HOME, else your user data folder.")
 @click.option("--debug", is_flag=True, help="Show tracebacks and verbose logs.")
+@click.option("--no-browser", is_flag=True,
+              help="With no command: print the sign-in link instead of opening the browser.")
 @click.version_option(__version__, prog_name="sidedoor")
 @click.pass_context
-def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
+def cli(ctx: click.Context, home: Path | None, debug: bool, no_browser: bool) -> None:
     """sidedoor: talk and pass files to colleagues, PC to PC, with no server.
 
     \b
-    First steps:
+    Just run `sidedoor`: it sets you up, starts your node in the
+    background and opens sidedoor in your browser.
+
+    \b
+    First steps on the command line:
       sidedoor id                 create your identity and show your address
       sidedoor name "Ada Lovelace"
       sidedoor up --detach        start your node in the background
@@ -71,6 +78,8 @@ def cli(ctx: click.Context, home: Path | None, debug: bool) -> None:
     Run several nodes on one machine with --home DIR (or SIDEDOOR_HOME).
     """
     ctx.obj = Context(resolve_home(home), debug)
+    if ctx.invoked_subcommand is None:
+        web.start_and_open(ctx.obj, no_browser)
 
 
 # ------------------------------------------------------------------ id / name
@@ -336,6 +345,7 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 people.register(cli)
 chat_cli.register(cli)
 cli.add_command(demo_command)
+cli.add_command(web.open_command)
 cli.add_command(broker_command)
 cli.add_command(broker_add_command)
 cli.add_command(broker_remove_command)

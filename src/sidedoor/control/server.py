@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from sidedoor.control import brokers, chat, files, people
+from sidedoor.control import web as web_ui
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
 from sidedoor.home import CONTROL_FILE
 from sidedoor.identity import PublicIdentity
@@ -55,6 +56,7 @@ class ControlServer:
         self._runner: web.AppRunner | None = None
         self._allowed_hosts: set[str] = set()
         self._event_queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.web = web_ui.WebGate()
 
     @property
     def control_path(self) -> Path:
@@ -70,6 +72,7 @@ class ControlServer:
         app.router.add_post("/v1/shutdown", self._shutdown)
         app.router.add_get("/v1/events", self._events)
         people.add_routes(app, self.node, self._json_body)
+        web_ui.add_routes(app, self.web, self.node)
         brokers.add_routes(app, self.node, self._json_body)
         chat.add_routes(app, self.node, self._json_body)
         files.add_routes(app, self.node, self._json_body)
@@ -82,6 +85,7 @@ class ControlServer:
         sockets = getattr(server, "sockets", None) or []
         self.port = int(sockets[0].getsockname()[1])
         self._allowed_hosts = {f"127.0.0.1:{self.port}", f"localhost:{self.port}"}
+        self.web.bind(self.port)
         self._write_control_file()
 
     def _write_control_file(self) -> None:
@@ -113,10 +117,13 @@ class ControlServer:
         host = request.headers.get("Host", "")
         if host not in self._allowed_hosts:
             return _error(403, "Forbidden", f"this API answers only on 127.0.0.1:{self.port}")
-        auth = request.headers.get("Authorization", "")
-        expected = f"Bearer {self.token}"
-        if not hmac.compare_digest(auth.encode(), expected.encode()):
-            return _error(401, "Unauthorized", "missing or wrong token (see control.json)")
+        auth = request.headers.get("Authorization")
+        bearer = None if auth is None else hmac.compare_digest(
+            auth.encode(), f"Bearer {self.token}".encode())
+        # The CLI's bearer token, or the browser's session cookie (and CSRF checks).
+        refused = self.web.admit(request, bearer)
+        if refused is not None:
+            return refused
         try:
             return await handler(request)
         except web.HTTPException:
