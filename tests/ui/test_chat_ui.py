@@ -5,10 +5,6 @@ Needs the node's chat routes (/v1/chat/...): skipped, saying so, on a build with
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,27 +14,12 @@ from conftest import User, open_ui, sd, shot, start_user, stop_user
 from playwright.sync_api import expect
 
 
-def has_chat(user: User) -> bool:
-    token = json.loads((user.home / "control.json").read_text())["token"]
-    request = urllib.request.Request(user.base + "/v1/chat/inbox",
-                                     headers={"Authorization": f"Bearer {token}"})
-    try:
-        with urllib.request.urlopen(request, timeout=10):
-            return True
-    except urllib.error.HTTPError as exc:
-        return exc.code != 404
-
-
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[User, User]]:
-    if importlib.util.find_spec("sidedoor.control.chat") is None:
-        pytest.skip("this build of sidedoor has no chat routes yet (/v1/chat)")
     base = tmp_path_factory.mktemp("chat-ui")
     with ThreadPoolExecutor(2) as pool:
         alice, bob = pool.map(lambda name: start_user(base, name), ["Alice", "Bob"])
     try:
-        if not has_chat(alice):
-            pytest.skip("this build of sidedoor has no chat routes yet (/v1/chat)")
         link = alice.api("invite", "--link")["link"]
         sd(bob.home, "join", link)
         yield alice, bob
