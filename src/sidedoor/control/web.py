@@ -143,6 +143,10 @@ class WebGate:
         self._logins[_digest(token)] = now + LOGIN_TTL
         return token
 
+    def login_url(self) -> str:
+        """A one-time sign-in link for a browser on this machine."""
+        return f"http://127.0.0.1:{self.port}/login?t={self.issue_login()}"
+
     def redeem(self, token: str) -> tuple[str, WebSession] | None:
         """Burn ``token``; a new (session id, session) if it was valid, else None."""
         expires = self._logins.pop(_digest(token), None)
@@ -344,9 +348,7 @@ class WebRoutes:
         if "Authorization" not in request.headers:
             # A browser session does not mint more sessions.
             return refusal(request, 403, "Forbidden", "only the sidedoor command may do this")
-        token = self.gate.issue_login()
-        url = f"http://127.0.0.1:{self.gate.port}/login?t={token}"
-        return web.json_response({"url": url, "expires_in": LOGIN_TTL})
+        return web.json_response({"url": self.gate.login_url(), "expires_in": LOGIN_TTL})
 
     async def session_info(self, request: web.Request) -> web.Response:
         session = self.gate.session(request)
