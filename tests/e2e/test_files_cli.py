@@ -23,7 +23,7 @@ import pytest
 from test_cli import CALL_TIMEOUT, Detached, _argv, _env, as_json, failed, ok, sd, sd_in, stop_node
 
 from sidedoor.proto.transfer_receiver import WINDOW_BYTES
-from sidedoor.services.transfers import PIECE
+from sidedoor.services.transfers import PIECE, human_bytes
 
 MiB = 1 << 20
 UP = ("up", "--detach", "--host", "127.0.0.1", "--no-discovery")
@@ -168,6 +168,17 @@ def test_a_folder_of_1000_files_after_accepting(pair: dict[str, Detached],
     until(bob, sent["id"], "offered")
     listing = ok(sd_in(bob.home, "transfers")).stdout
     assert f"Accept with: sidedoor transfers accept {sent['short']}" in listing
+    # The offer is in the conversation too, referring to the transfer.
+    deadline = time.monotonic() + 10
+    while True:
+        said = [m for m in as_json(sd_in(bob.home, "history", "Ann", "--json"))
+                if sent["id"] in m["attachments"]]
+        if said:
+            break
+        assert time.monotonic() < deadline, "the offer's message did not arrive"
+        time.sleep(0.1)
+    assert [m["text"] for m in said] == [
+        f"📎 photos (1000 files, {human_bytes(sent['total_bytes'])})"]
     ok(sd_in(bob.home, "transfers", "accept", sent["short"], "--to", str(dest)))
     until(ann, sent["id"], "done")
     info = until(bob, sent["id"], "done")
@@ -241,7 +252,7 @@ def test_send_to_nobody_and_bad_ids_fail_clearly(pair: dict[str, Detached],
     ann = pair["Ann"]
     (tmp_path / "a.txt").write_text("a")
     failed(sd(ann.home, "send", str(tmp_path / "a.txt"), "--to", "Nobody"),
-           "no contact matches 'Nobody'")
+           "no contact or room matches 'Nobody'")
     failed(sd_in(ann.home, "transfers", "accept", "zz"), "not a transfer id")
     failed(sd_in(ann.home, "transfers", "cancel", "abcdef12"), "no transfer abcdef12")
     data = json.loads(ok(sd_in(ann.home, "transfers", "--json")).stdout)

@@ -55,9 +55,9 @@ def _state(t: dict[str, Any]) -> str:
 @click.command("send")
 @click.argument("paths", nargs=-1, required=True,
                 type=click.Path(exists=True, file_okay=True, dir_okay=True))
-@click.option("--to", "to", required=True, metavar="CONTACT",
-              help="Who gets the files: a contact's name, the start of their address, or "
-                   "their fingerprint.")
+@click.option("--to", "to", required=True, metavar="WHO",
+              help="Who gets the files: a contact (name, start of the address, fingerprint) "
+                   "or a room (its name, or #name when a contact has the same name).")
 @click.option("-m", "--message", default="", help="A note shown with the offer.")
 @click.option("--background", is_flag=True,
               help="Return at once; follow the transfer with `sidedoor transfers`.")
@@ -65,64 +65,87 @@ def _state(t: dict[str, Any]) -> str:
 @pass_ctx
 def send_command(ctx: Context, paths: tuple[str, ...], to: str, message: str, background: bool,
                  as_json: bool) -> None:
-    """Send files and folders to a contact, straight to their PC.
+    """Send files and folders to a contact or a room, straight to their PCs.
 
     Any size and any number of files. Every chunk is checked on arrival and each
     file again before it gets its name, so a damaged file is never left behind. If
-    the contact is offline, the transfer waits and starts when you both are online;
-    an interrupted transfer resumes where it stopped. Shows progress until the
-    contact has everything (Ctrl-C stops watching, not the transfer).
+    a contact is offline, the transfer waits and starts when you both are online;
+    an interrupted transfer resumes where it stopped. The offer also appears in
+    your conversation, as a message naming the files. To a room, each member who
+    is your contact gets the files. Shows progress until everyone has everything
+    (Ctrl-C stops watching, not the transfer).
 
     \b
     Examples:
       sidedoor send report.pdf --to bob -m "Q3 draft"
       sidedoor send photos/ notes.txt --to bob --background
+      sidedoor send slides.pdf --to eng
     """
     absolute = [os.path.abspath(p) for p in paths]
     sent = _call(ctx, "POST", "/v1/transfers", {"paths": absolute, "to": to, "note": message},
                  timeout=SEND_TIMEOUT)
     for skipped in sent.get("skipped", [])[:10]:
         err.print(f"[yellow]skipped[/] {safe(skipped)} (a link or special file)")
+    left_out = sent.get("skipped_members", [])
+    if left_out and not as_json:
+        err.print(f"[yellow]{len(left_out)} member(s) of the room are not your contacts[/] "
+                  "and get no files from you; another member can send them on.")
+    transfers: list[dict[str, Any]] = sent.get("transfers") or [sent]
     if background:
         if as_json:
             _print_json(sent)
             return
-        out.print(f"Transfer [bold]{sent['short']}[/] to {safe(sent['peer_name'])}: "
-                  f"{safe(_what(sent))}, {human_bytes(sent['total_bytes'])}. "
-                  "Follow it with: sidedoor transfers")
+        for t in transfers:
+            out.print(f"Transfer [bold]{t['short']}[/] to {safe(t['peer_name'])}: "
+                      f"{safe(_what(t))}, {human_bytes(t['total_bytes'])}.")
+        out.print("Follow it with: sidedoor transfers")
         return
-    final = _follow(ctx, sent, quiet=as_json)
+    finals = _follow(ctx, transfers, quiet=as_json)
     if as_json:
-        _print_json(final)
-    if final["status"] != "done":
-        raise TransferError(f"transfer {final['short']} {_state(final)}")
+        _print_json({**sent, **finals[0], "transfers": finals})
+    unfinished = [t for t in finals if t["status"] != "done"]
+    if unfinished:
+        raise TransferError("; ".join(f"transfer {t['short']} to {t['peer_name']} {_state(t)}"
+                                      for t in unfinished))
     if not as_json:
-        out.print(f"[green]Sent[/] {safe(_what(final))} to {safe(final['peer_name'])}; "
+        who = ", ".join(safe(t["peer_name"]) for t in finals)
+        out.print(f"[green]Sent[/] {safe(_what(finals[0]))} to {who}; "
                   "they have everything.")
 
 
-def _follow(ctx: Context, transfer: dict[str, Any], quiet: bool) -> dict[str, Any]:
-    """Poll the node until the transfer ends, with a progress bar unless ``quiet``."""
-    tid = transfer["id"]
+TERMINAL = ("done", "failed", "declined", "cancelled")
+
+
+def _follow(ctx: Context, transfers: list[dict[str, Any]], quiet: bool
+            ) -> list[dict[str, Any]]:
+    """Poll the node until every transfer ends, with progress bars unless ``quiet``."""
     progress = Progress(
         TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
         TransferSpeedColumn(), TimeRemainingColumn(), console=err, disable=quiet,
         transient=False)
+    finals: dict[str, dict[str, Any]] = {}
     try:
         with progress:
-            task = progress.add_task(safe(transfer["peer_name"]), total=transfer["total_bytes"])
-            while True:
-                info = _call(ctx, "GET", f"/v1/transfers/{tid}")
-                label = f"{safe(info['peer_name'])}: {safe(_state(info))}"
-                progress.update(task, completed=info["done_bytes"],
-                                description=label[:60])
-                if info["status"] in ("done", "failed", "declined", "cancelled"):
-                    return dict(info)
-                time.sleep(POLL_INTERVAL)
+            tasks = {t["id"]: progress.add_task(safe(t["peer_name"]), total=t["total_bytes"])
+                     for t in transfers}
+            while len(finals) < len(transfers):
+                for t in transfers:
+                    if t["id"] in finals:
+                        continue
+                    info = _call(ctx, "GET", f"/v1/transfers/{t['id']}")
+                    label = f"{safe(info['peer_name'])}: {safe(_state(info))}"
+                    progress.update(tasks[t["id"]], completed=info["done_bytes"],
+                                    description=label[:60])
+                    if info["status"] in TERMINAL:
+                        finals[t["id"]] = dict(info)
+                if len(finals) < len(transfers):
+                    time.sleep(POLL_INTERVAL)
     except KeyboardInterrupt:
-        err.print(f"Stopped watching; transfer {transfer['short']} goes on. "
-                  f"Cancel it with: sidedoor transfers cancel {transfer['short']}")
+        left = " ".join(t["short"] for t in transfers if t["id"] not in finals)
+        err.print(f"Stopped watching; the transfers go on. Cancel with: "
+                  f"sidedoor transfers cancel {left}")
         raise SystemExit(130) from None
+    return [finals[t["id"]] for t in transfers]
 
 
 # ----------------------------------------------------------------- transfers

@@ -3,10 +3,15 @@
     GET  /v1/transfers                      every transfer, both directions, newest first:
                                             {"transfers": [transfer, ...]}
     GET  /v1/transfers/{id}                 one transfer, by its id or the start of it (4+ hex)
-    POST /v1/transfers                      {paths: [absolute paths], to: contact, note}: offer
-                                            files and folders; delivered now, or queued until
-                                            the contact is online. Returns the transfer (plus
-                                            "skipped": links and special files left out)
+    POST /v1/transfers                      {paths: [absolute paths], to: contact or room,
+                                            note}: offer files and folders; delivered now, or
+                                            queued until the contact is online, and written
+                                            into the conversation as a chat message whose
+                                            attachments are the transfer ids. Returns the
+                                            (first) transfer, plus "skipped" (links and
+                                            special files left out), "transfers" (one per
+                                            recipient: a room's members who are contacts),
+                                            "skipped_members" and "message"
     POST /v1/transfers/{id}/accept          {dest?}: accept an offer into dest (default: the
                                             downloads folder); refused if the disk has no room
     POST /v1/transfers/{id}/decline|cancel|retry
@@ -34,6 +39,7 @@ from aiohttp import web
 
 from sidedoor.errors import TransferError
 from sidedoor.node import Node
+from sidedoor.services.file_posts import post_files
 from sidedoor.services.transfers import SETTING_AUTO_ACCEPT
 
 
@@ -64,10 +70,10 @@ class FileRoutes:
                 isinstance(p, str) and p.startswith("/") for p in paths):
             raise TransferError("'paths' is a list of absolute paths of files or folders")
         if not isinstance(to, str) or not to.strip():
-            raise TransferError("'to' names the contact to send to")
+            raise TransferError("'to' names the contact or room to send to")
         if not isinstance(note, str):
             raise TransferError("'note' is text")
-        return web.json_response(await self.node.transfers.send(paths, to, note))
+        return web.json_response(await post_files(self.node, paths, to, note))
 
     async def action(self, request: web.Request) -> web.Response:
         transfers = self.node.transfers
