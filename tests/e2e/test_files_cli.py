@@ -178,7 +178,7 @@ def test_a_folder_of_1000_files_after_accepting(pair: dict[str, Detached],
         assert time.monotonic() < deadline, "the offer's message did not arrive"
         time.sleep(0.1)
     assert [m["text"] for m in said] == [
-        f"📎 photos (1000 files, {human_bytes(sent['total_bytes'])})"]
+        f"Sent files: photos (1000 files, {human_bytes(sent['total_bytes'])})"]
     ok(sd_in(bob.home, "transfers", "accept", sent["short"], "--to", str(dest)))
     until(ann, sent["id"], "done")
     info = until(bob, sent["id"], "done")

@@ -54,7 +54,7 @@ async def test_an_offer_to_a_contact_is_a_message_in_their_conversation(
     assert sent["message"] is not None and sent["message"]["attachments"] == [sent["id"]]
 
     got = await first_message(bob, alice.public.key)
-    assert got.text == "📎 report.pdf (1 file, 5.0 KB)\nQ3 draft"
+    assert got.text == "Sent files: report.pdf (1 file, 5.0 KB)\nQ3 draft"
     assert [a.hex() for a in got.attachments] == [sent["id"]]
     # The attachment names the transfer Bob was offered: the two are one thread.
     offer = await bob.transfers.describe_one(sent["id"])
@@ -79,7 +79,7 @@ async def test_an_offer_to_a_room_goes_to_each_member_who_is_a_contact(
     assert sent["conversation_kind"] == "room"
 
     got = await first_message(alice, rid)
-    assert got.sender == bob.public.key and got.text.startswith("📎 report.pdf")
+    assert got.sender == bob.public.key and got.text.startswith("Sent files: report.pdf")
     assert [a.hex() for a in got.attachments] == [sent["id"]]
     assert (await alice.transfers.describe_one(sent["id"]))["direction"] == "in"
 
@@ -112,6 +112,6 @@ async def test_nobody_to_send_to_and_unknown_names_are_clear_errors(
 
 def test_offer_text_names_few_files_and_stays_within_a_message() -> None:
     assert offer_text(["a", "b", "c", "d", "e"], 9, 2_000_000, "") == (
-        "📎 a, b, c and 2 more (9 files, 2.0 MB)")
+        "Sent files: a, b, c and 2 more (9 files, 2.0 MB)")
     long = offer_text(["x" * 10_000], 1, 1, "note")
     assert len(long.encode()) <= chat_wire.MAX_TEXT_BYTES and long.endswith("…")

@@ -23,14 +23,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ATTACHMENT_MARK = "📎"
+# Words, not an emoji: not every terminal or browser here has a font for one.
+OFFER_PREFIX = "Sent files:"
 
 
 def offer_text(names: list[str], files: int, total_bytes: int, note: str) -> str:
     """What the conversation shows for an offer: the names, the size, the sender's note."""
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
     count = f"{files} file{'s' if files != 1 else ''}"
-    text = f"{ATTACHMENT_MARK} {shown} ({count}, {human_bytes(total_bytes)})"
+    text = f"{OFFER_PREFIX} {shown} ({count}, {human_bytes(total_bytes)})"
     if note:
         text += f"\n{note}"
     # A note is short (the transfer keeps 200 characters of it), but names can be long.
