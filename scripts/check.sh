@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # namespaces), nftables (NAT routers and packet loss in the lab), conntrack (a
 # router forgets its old mappings when a test changes its rules), avahi (the mDNS
 # interop test runs a private avahi-daemon inside a namespace), chromium (the web
-# UI's browser tests drive Debian's Chromium through Playwright).
+# UI's browser tests drive Debian's Chromium through Playwright) and firefox-esr
+# (one more UI test drives it over WebDriver BiDi, inside a namespace).
 need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v nft >/dev/null 2>&1 || need_apt+=(nftables)
@@ -16,6 +17,7 @@ command -v conntrack >/dev/null 2>&1 || need_apt+=(conntrack)
 command -v avahi-daemon >/dev/null 2>&1 || need_apt+=(avahi-daemon)
 command -v avahi-browse >/dev/null 2>&1 || need_apt+=(avahi-utils)
 [ -x /usr/bin/chromium ] || need_apt+=(chromium)
+[ -x /usr/bin/firefox-esr ] || need_apt+=(firefox-esr)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         # Keep the packages' services from starting on this machine's own network:

@@ -1,7 +1,5 @@
-"""Chat in the browser: two contacts talk, each sees the other's messages live; a room.
-
-Needs the node's chat routes (/v1/chat/...): skipped, saying so, on a build without them.
-"""
+"""Chat in the browser: two contacts talk, each sees the other's messages live; a room;
+a message that arrives while the tab is in the background is read only once seen."""
 
 from __future__ import annotations
 
@@ -10,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from conftest import User, open_ui, sd, shot, start_user, stop_user
+from conftest import User, open_ui, sd, shot, start_user, stop_user, wait_until
 from playwright.sync_api import expect
 
 
@@ -85,4 +83,31 @@ def test_a_room_and_search(browser: Any, pair: tuple[User, User]) -> None:
     expect(page.locator("#search-results")).to_contain_text("Kick-off on Monday")
     shot(page, "search-light")
     page.context.close()
+    bob_page.context.close()
+
+
+HIDE_TAB = """(hidden) => {
+  Object.defineProperty(document, "visibilityState", {value: hidden ? "hidden" : "visible",
+                                                      configurable: true});
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_a_message_in_a_background_tab_is_read_when_the_tab_is_back(
+        browser: Any, pair: tuple[User, User]) -> None:
+    alice, bob = pair
+    bob_page = open_ui(browser, bob)
+    bob_page.click("#people-nav a:has-text('Alice')")
+    bob_page.wait_for_selector("#composer")
+    bob_page.evaluate(HIDE_TAB, True)
+    alice.api("say", "Bob", "are you there?")
+    latest = bob_page.locator(".bubble").last
+    expect(latest).to_contain_text("are you there?")  # shown live...
+    badge = bob_page.locator("#people-nav a:has-text('Alice') .count")
+    expect(badge).to_have_text("1")  # ...but nobody has seen it yet
+    bob_page.evaluate(HIDE_TAB, False)
+    expect(badge).to_have_count(0)
+    def states() -> list[str]:
+        return [m["state"] for m in alice.api("history", "Bob") if m["text"] == "are you there?"]
+    assert wait_until(lambda: states() == ["read"]), states()
     bob_page.context.close()

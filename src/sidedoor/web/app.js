@@ -290,6 +290,11 @@ async function boot() {
     if (state === "live" && was !== "live" && was !== "connecting") refresh(...Object.keys(LOADERS));
   });
   window.addEventListener("hashchange", route);
+  // Messages that came while the tab was in the background are marked read only
+  // once they can be seen: tell the open screen when that is.
+  document.addEventListener("visibilitychange", () => {
+    if (document.visibilityState === "visible" && screen && screen.event) screen.event({ type: "page.visible" });
+  });
   await detectFeatures();
   await refresh(...Object.keys(LOADERS));
   route();

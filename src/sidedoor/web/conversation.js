@@ -108,7 +108,7 @@ export function chatPane(ctx, { who, title, room = false }) {
       const m = ev.message;
       const ours = (m && (m.conversation === conversationId || (!room && m.peer === who)))
         || (conversationId && ev.conversation === conversationId);
-      if (ours) reload();
+      if (ours || ev.type === "page.visible") reload();
     },
   };
 }
