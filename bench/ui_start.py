@@ -10,7 +10,9 @@ Each round, on a new empty home folder:
      rounds, as a user's browser is already open) opens the link and waits until the
      app has loaded its data and marked the page ready (``body[data-ready]``).
 Then `sidedoor --no-browser` runs again on the same home (the node is up: only a
-new link), and the node is stopped.
+new link), and the node is stopped. Last, `sidedoor demo --no-wait --json` runs
+(a broker and two nodes, invite, chat, mail, a 64 MB file): the time from starting
+the command to the file being in Bob's folder, as the demo reports it.
 
 Printed: the median of each stage, and the time to a plain `python -c "import
 sidedoor.cli.main"` for comparison (the part of step 1 that is Python start-up and
@@ -21,6 +23,7 @@ machine's network); the node listens on 0.0.0.0 as a user's does.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -59,6 +62,17 @@ def import_time() -> float:
     return time.perf_counter() - start
 
 
+def demo_time() -> float:
+    """From starting `sidedoor demo` to the file being in Bob's folder."""
+    start = time.time()
+    result = subprocess.run([sys.executable, "-m", "sidedoor", "demo", "--no-wait", "--json"],
+                            capture_output=True, text=True, env=_env(), timeout=180,
+                            stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        raise SystemExit(f"sidedoor demo failed: {result.stderr.strip()}")
+    return float(json.loads(result.stdout)["file_received_at"]) - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
@@ -71,7 +85,8 @@ def main() -> None:
                                       "link opened -> UI interactive": [],
                                       "total: sidedoor -> UI interactive": [],
                                       "sidedoor again (node up) -> link printed": [],
-                                      "python + import sidedoor.cli.main": []}
+                                      "python + import sidedoor.cli.main": [],
+                                      "sidedoor demo -> file received": []}
     with sync_playwright() as p, tempfile.TemporaryDirectory() as tmp:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -100,6 +115,7 @@ def main() -> None:
                 stages["total: sidedoor -> UI interactive"].append(started + opened)
                 stages["sidedoor again (node up) -> link printed"].append(again)
                 stages["python + import sidedoor.cli.main"].append(import_time())
+                stages["sidedoor demo -> file received"].append(demo_time())
         finally:
             browser.close()
 

@@ -238,6 +238,7 @@ async def run_tour(tour: Tour, tmp: Path, stack: contextlib.AsyncExitStack
     tour.facts["file"] = {"bytes": FILE_SIZE, "seconds": round(seconds, 3),
                           "identical": same, "path": str(received)}
     tour.facts["file_received_s"] = round(tour.elapsed(), 3)
+    tour.facts["file_received_at"] = time.time()  # for timing from outside the process
     bob.events.unsubscribe(bob_events)
     alice.events.unsubscribe(alice_events)
 
