@@ -161,6 +161,39 @@ def detached_node(home: Path) -> Iterator[Detached]:
         stop_node(home)
 
 
+UP_LOOPBACK = ("up", "--detach", "--host", "127.0.0.1", "--no-discovery")
+
+
+@contextlib.contextmanager
+def detached_nodes(homes: dict[str, Path], up: tuple[str, ...] = UP_LOOPBACK
+                   ) -> Iterator[tuple[dict[str, Detached], dict[str, Result]]]:
+    """``up --detach`` for every home at once; the nodes by key, and what each ``up``
+    printed. All are stopped (or killed) when the block ends, whatever happened."""
+    procs = {key: subprocess.Popen(_argv(home, up), stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                   text=True, env=_env())
+             for key, home in homes.items()}
+    try:
+        started = {}
+        for key, proc in procs.items():
+            out, err = proc.communicate(timeout=CALL_TIMEOUT)
+            started[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        nodes = {}
+        for key, home in homes.items():
+            if started[key].returncode != 0:
+                continue  # the caller checks `started`
+            status = as_json(sd_in(home, "status", "--json"))
+            nodes[key] = Detached(home, status["address"], status["port"], status["pid"])
+        yield nodes, started
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        for home in homes.values():
+            stop_node(home)
+
+
 @pytest.fixture(scope="module")
 def node_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Detached]:
     """One background node shared by the tests of this module (they do not stop it)."""

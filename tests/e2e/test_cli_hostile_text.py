@@ -21,16 +21,13 @@ from typing import Any
 import pytest
 from rich.console import Console
 from test_cli import (
-    CALL_TIMEOUT,
     Detached,
-    _argv,
-    _env,
     as_json,
+    detached_nodes,
     failed,
     ok,
     sd,
     sd_in,
-    stop_node,
 )
 
 from sidedoor.cli import common
@@ -79,27 +76,11 @@ def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Detache
     homes = {key: base / key for key in names}
     for key, home in homes.items():
         set_name(home, names[key])
-    up = ("up", "--detach", "--host", "127.0.0.1", "--no-discovery")
-    procs = [subprocess.Popen(_argv(home, up), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, env=_env())
-             for home in homes.values()]
-    try:
-        for key, proc in zip(homes, procs, strict=True):
-            out, err = proc.communicate(timeout=CALL_TIMEOUT)
-            STARTED[key] = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-        nodes = {}
-        for key, home in homes.items():
-            status = as_json(sd_in(home, "status", "--json"))
-            assert status["name"] == names[key]
-            nodes[key] = Detached(home, status["address"], status["port"], status["pid"])
+    with detached_nodes(homes) as (nodes, started):
+        STARTED.update(started)
+        for key, node in nodes.items():
+            assert as_json(sd_in(node.home, "status", "--json"))["name"] == names[key]
         yield nodes
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        for home in homes.values():
-            stop_node(home)
 
 
 @pytest.fixture(autouse=True)

@@ -13,20 +13,29 @@ import json
 import os
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import CALL_TIMEOUT, Detached, _argv, _env, as_json, failed, ok, sd, sd_in, stop_node
+from test_cli import (
+    UP_LOOPBACK,
+    Detached,
+    as_json,
+    detached_nodes,
+    failed,
+    ok,
+    sd,
+    sd_in,
+    stop_node,
+)
 
 from sidedoor.proto.transfer_receiver import WINDOW_BYTES
 from sidedoor.services.transfers import PIECE, human_bytes
 
 MiB = 1 << 20
-UP = ("up", "--detach", "--host", "127.0.0.1", "--no-discovery")
+UP = UP_LOOPBACK
 # Re-sent at most: the window of requests in flight, and one chunk in the sender's hands.
 RESEND_BOUND = WINDOW_BYTES + PIECE
 
@@ -43,28 +52,13 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Detache
     homes = {"Ann": base / "ann", "Bob": base / "bob"}
     for name, home in homes.items():
         ok(sd_in(home, "name", name))
-    procs = [subprocess.Popen(_argv(home, UP), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, env=_env())
-             for home in homes.values()]
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=CALL_TIMEOUT)
-            assert proc.returncode == 0, (out, err)
-        nodes = {}
-        for name, home in homes.items():
-            status = as_json(sd_in(home, "status", "--json"))
-            nodes[name] = Detached(home, status["address"], status["port"], status["pid"])
+    with detached_nodes(homes, UP) as (nodes, started):
+        for result in started.values():
+            ok(result)
         ann, bob = nodes["Ann"], nodes["Bob"]
         ok(sd_in(bob.home, "add", ann.address, "--addr", ann.addr))
         ok(sd_in(ann.home, "requests", "accept", "1"))
         yield nodes
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        for home in homes.values():
-            stop_node(home)
 
 
 def transfer(node: Detached, tid: str) -> dict[str, Any]:

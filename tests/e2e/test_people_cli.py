@@ -9,7 +9,6 @@ exit code and the one-line error a user sees.
 
 from __future__ import annotations
 
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,16 +18,13 @@ from urllib.parse import quote
 import pytest
 from click.testing import CliRunner
 from test_cli import (
-    CALL_TIMEOUT,
     Detached,
-    _argv,
-    _env,
     as_json,
+    detached_nodes,
     failed,
     ok,
     sd,
     sd_in,
-    stop_node,
 )
 
 from sidedoor.cards import card_from_text, card_to_text
@@ -57,28 +53,13 @@ def people(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Detac
     homes = {name: base / name.lower() for name in NAMES}
     for name, home in homes.items():
         ok(sd_in(home, "name", name))
-    up = ("up", "--detach", "--host", "127.0.0.1", "--no-discovery")
-    procs = [subprocess.Popen(_argv(home, up), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True, env=_env())
-             for home in homes.values()]
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=CALL_TIMEOUT)
-            assert proc.returncode == 0 and "Node started" in out, (out, err)
-        nodes = {}
-        for name, home in homes.items():
-            status = as_json(sd_in(home, "status", "--json"))
+    with detached_nodes(homes) as (nodes, started):
+        for name, result in started.items():
+            assert result.returncode == 0 and "Node started" in result.stdout, result
+            status = as_json(sd_in(homes[name], "status", "--json"))
             assert status["name"] == name and status["discovery"] is False
             assert status["listening"] == [f"127.0.0.1:{status['port']}"]
-            nodes[name] = Detached(home, status["address"], status["port"], status["pid"])
         yield nodes
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        for home in homes.values():
-            stop_node(home)
 
 
 # ------------------------------------------------------- request and answer

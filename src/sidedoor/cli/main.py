@@ -34,7 +34,7 @@ from sidedoor.home import ensure_home, resolve_home
 from sidedoor.identity import load_or_create_identity
 from sidedoor.names import clean_name
 from sidedoor.node import DEFAULT_NAME, Node, PingResult
-from sidedoor.storage.db import Database
+from sidedoor.storage.db import Database, write_setting
 
 
 class SidedoorGroup(click.Group):
@@ -140,11 +140,7 @@ def name_command(ctx: Context, new_name: str) -> None:
         new_name = _run(_api(home, "POST", "/v1/name", {"name": new_name}))["name"]
     except NodeNotRunning:
         new_name = clean_name(new_name)
-        db = Database(home)
-        try:
-            db.set_setting("name", new_name)
-        finally:
-            db.close()
+        write_setting(home, "name", new_name)
     out.print(f"Your name is now [bold]{safe(new_name)}[/]")
 
 

@@ -23,7 +23,7 @@ from sidedoor.home import ensure_home
 from sidedoor.identity import KEY_FILE, load_or_create_identity
 from sidedoor.names import clean_name
 from sidedoor.node import DEFAULT_NAME
-from sidedoor.storage.db import Database
+from sidedoor.storage.db import write_setting
 
 NAME_PROMPT = "Your name, as colleagues will see it"
 
@@ -68,11 +68,7 @@ def ensure_identity(home: Path) -> bool:
         return False
     name = _ask_name()
     _, created = load_or_create_identity(home)
-    db = Database(home)
-    try:
-        db.set_setting("name", name)
-    finally:
-        db.close()
+    write_setting(home, "name", name)
     out.print(f"[green]Welcome, {safe(name)}.[/] Your sidedoor identity is ready.")
     return created
 

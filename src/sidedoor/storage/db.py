@@ -161,3 +161,12 @@ class Database:
 
     def forget_peer_static(self, identity: bytes) -> None:
         self.call(lambda c: c.execute("DELETE FROM peers WHERE identity = ?", (identity,)))
+
+
+def write_setting(home: Path, key: str, value: str) -> None:
+    """Set one setting from a short-lived process (the CLI), whether a node runs or not."""
+    db = Database(home)
+    try:
+        db.set_setting(key, value)
+    finally:
+        db.close()
