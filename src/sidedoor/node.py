@@ -55,6 +55,7 @@ from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
 from sidedoor.services.mail import Mail
+from sidedoor.services.presence import Presence
 from sidedoor.services.transfers import Transfers
 from sidedoor.storage.db import Database
 
@@ -233,6 +234,8 @@ class Node:
         self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
         self.chat = Chat(self)
         self.chat.register()
+        self.presence = Presence(self)
+        self.presence.register()
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -272,6 +275,7 @@ class Node:
             for url in await db.run(db.brokers):
                 self._link(BrokerAddress.parse(url))
             await self.chat.start()
+            await self.presence.start()
             await self.transfers.start()
             self.started_at = time.time()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)

@@ -111,3 +111,33 @@ def test_a_message_in_a_background_tab_is_read_when_the_tab_is_back(
         return [m["state"] for m in alice.api("history", "Bob") if m["text"] == "are you there?"]
     assert wait_until(lambda: states() == ["read"]), states()
     bob_page.context.close()
+
+
+def test_away_and_typing_show_live(browser: Any, pair: tuple[User, User]) -> None:
+    alice, bob = pair
+    alice_page = open_ui(browser, alice)
+    bob_page = open_ui(browser, bob)
+    bob_page.click("#people-nav a:has-text('Alice')")
+    presence = bob_page.locator("#contact-presence")
+    expect(presence).to_contain_text("Online")
+
+    alice_page.goto(f"{alice.base}/#/me")
+    alice_page.click("button:has-text('Set me as away')")
+    expect(alice_page.locator("#my-presence")).to_contain_text("see you as away")
+    expect(alice_page.locator("#live-state")).to_have_text("Away")
+    expect(presence).to_contain_text("Away")  # live on Bob's page
+    shot(alice_page, "me-away-light")
+
+    alice_page.click("#people-nav a:has-text('Bob')")
+    alice_page.wait_for_selector("#composer")
+    bob_page.locator("#composer").press_sequentially("on my w", delay=20)
+    expect(alice_page.locator("#typing")).to_have_text("Bob is typing…")
+    bob_page.press("#composer", "Enter")
+    expect(alice_page.locator(".bubble").last).to_contain_text("on my w")
+    expect(alice_page.locator("#typing")).to_have_text("")  # the message came
+
+    alice_page.goto(f"{alice.base}/#/me")
+    alice_page.click("button:has-text(\"I'm back\")")
+    expect(presence).to_contain_text("Online")
+    alice_page.context.close()
+    bob_page.context.close()

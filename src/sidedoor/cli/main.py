@@ -17,6 +17,7 @@ from rich.table import Table
 from sidedoor import __version__
 from sidedoor.cli import chat as chat_cli
 from sidedoor.cli import files, people, web
+from sidedoor.cli import presence as presence_cli
 from sidedoor.cli.broker import (
     broker_add_command,
     broker_command,
@@ -340,6 +341,7 @@ async def _ping_direct(home: Path, address: str, host: str, port: int, count: in
 
 people.register(cli)
 chat_cli.register(cli)
+presence_cli.register(cli)
 cli.add_command(demo_command)
 cli.add_command(web.open_command)
 cli.add_command(broker_command)

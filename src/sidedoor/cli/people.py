@@ -34,7 +34,7 @@ def register(cli: click.Group) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_ctx
 def contacts_command(ctx: Context, as_json: bool) -> None:
-    """List your contacts: name, address, online?, last seen, verified?
+    """List your contacts: name, address, online / away / offline, last seen, verified?
 
     \b
     Example:
@@ -49,11 +49,11 @@ def contacts_command(ctx: Context, as_json: bool) -> None:
         out.print("No contacts yet. Invite a colleague: [bold]sidedoor invite[/]")
         return
     table = Table()
-    for column in ("Name", "Address", "Online", "Last seen", "Verified", "Path"):
+    for column in ("Name", "Address", "Presence", "Last seen", "Verified", "Path"):
         table.add_column(column)
     for c in data:
         name = safe(c["petname"]) + (" [red](blocked)[/]" if c["blocked"] else "")
-        table.add_row(name, safe(c["address"][:14]) + "…", "yes" if c["online"] else "no",
+        table.add_row(name, safe(c["address"][:14]) + "…", c["presence"],
                       "now" if c["online"] else _ago(c["last_seen"]),
                       "yes" if c["verified"] else "no", safe(c.get("path") or "-"))
     out.print(table)

@@ -1,4 +1,4 @@
-"""Control API routes for chat: conversations, messages, search, rooms, presence.
+"""Control API routes for chat: conversations, messages, search, rooms (presence: presence.py).
 
 A conversation ``{who}`` is a contact (name, address or its start, fingerprint) or a
 room (its name, ``#name``, or its id in hex). Messages are JSON objects: ``id``,
@@ -24,7 +24,6 @@ pending | delivered | read | failed, with ``error``; theirs: unread | read),
     POST /v1/chat/rooms                             {name, members: [who]} -> the new room
     POST /v1/chat/rooms/{room}/add|remove           {members: [who]} (admins only)
     POST /v1/chat/rooms/{room}/leave
-    GET  /v1/chat/presence                          contacts: online, last_seen
 
 Events on /v1/events: ``chat.message`` {message}, ``chat.delivered`` {id, conversation,
 by}, ``chat.read`` {ids, conversation, by}, ``chat.failed`` {id, conversation, by,
@@ -58,7 +57,6 @@ def add_routes(app: web.Application, node: Node, read_json: Any) -> None:
     app.router.add_get("/v1/chat/rooms", routes.rooms)
     app.router.add_post("/v1/chat/rooms", routes.create_room)
     app.router.add_post("/v1/chat/rooms/{room}/{action}", routes.room_action)
-    app.router.add_get("/v1/chat/presence", routes.presence)
 
 
 def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
@@ -243,11 +241,3 @@ class ChatRoutes:
             room = await (self.chat.change_members(conv, add=members) if action == "add"
                           else self.chat.change_members(conv, remove=members))
         return web.json_response(self.chat.describe_room(room))
-
-    async def presence(self, request: web.Request) -> web.Response:
-        assert self.node.contacts is not None
-        contacts = await self._run(self.node.contacts.all)
-        return web.json_response({"presence": [
-            {"address": c.public.address, "name": c.petname,
-             "online": self.chat.is_online(c.identity), "last_seen": c.last_seen}
-            for c in contacts if not c.blocked]})

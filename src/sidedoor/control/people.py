@@ -58,6 +58,8 @@ class PeopleRoutes:
         conn = self.node.session_with(contact.identity)
         session = self.node.sessions.get(conn) if conn is not None else None
         info["online"] = session is not None
+        info["away"] = self.node.presence.is_away(contact.identity)
+        info["presence"] = self.node.presence.state_of(contact.identity)
         info["path"] = session.path if session is not None else None
         return info
 

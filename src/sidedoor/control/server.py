@@ -27,7 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sidedoor.control import brokers, chat, files, people
+from sidedoor.control import brokers, chat, files, people, presence
 from sidedoor.control import web as web_ui
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
 from sidedoor.home import CONTROL_FILE
@@ -75,6 +75,7 @@ class ControlServer:
         web_ui.add_routes(app, self.web, self.node)
         brokers.add_routes(app, self.node, self._json_body)
         chat.add_routes(app, self.node, self._json_body)
+        presence.add_routes(app, self.node, self._json_body)
         files.add_routes(app, self.node, self._json_body)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()

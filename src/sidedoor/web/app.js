@@ -33,6 +33,7 @@ const STALE = {
   "chat.message": ["inbox"],
   "chat.read": ["inbox"],
   "presence.changed": ["contacts"],
+  "presence.away": ["contacts"],
   "room.changed": ["rooms", "inbox"],
   "transfer.offered": ["transfers"],
   "transfer.updated": ["transfers"],
@@ -42,6 +43,7 @@ const STALE = {
 
 const LOADERS = {
   status: () => api.get("/v1/status"),
+  presence: () => api.get("/v1/presence"),
   contacts: async () => (await api.get("/v1/contacts")).contacts,
   requests: () => api.get("/v1/requests"),
   nearby: () => api.get("/v1/nearby"),
@@ -78,6 +80,7 @@ export const store = {
   rooms: [],
   transfers: [],
   features: { chat: false, files: false },
+  presence: { me: { state: "available" } },
   live: "connecting",
 };
 
@@ -179,8 +182,9 @@ function renderSidebar() {
     replace(document.getElementById("me-avatar"), avatar(status.name, status.address, { size: "small" }));
   }
   const live = document.getElementById("live-state");
-  live.className = `me-sub ${store.live === "live" ? "live" : store.live === "connecting" ? "" : "down"}`;
-  live.textContent = { live: "Online", connecting: "Connecting…", down: "Reconnecting…",
+  const away = store.presence.me.state === "away";
+  live.className = `me-sub ${store.live === "live" ? (away ? "live away" : "live") : store.live === "connecting" ? "" : "down"}`;
+  live.textContent = { live: away ? "Away" : "Online", connecting: "Connecting…", down: "Reconnecting…",
     closed: "Not connected" }[store.live] || "";
 
   const requests = store.requests.incoming.length;

@@ -8,7 +8,11 @@ import {
 import * as files from "./transfers.js";
 
 export const EVENT_KINDS = ["chat.message", "chat.delivered", "chat.read", "chat.failed",
-  "presence.changed", "room.changed"];
+  "chat.typing", "presence.changed", "presence.away", "room.changed"];
+
+// The node passes a typing signal on at most every 3 s; show it a little longer.
+const TYPING_EVERY_MS = 3000;
+const TYPING_SHOWN_MS = 6000;
 
 const STATE_WORDS = {
   pending: "Sending…", delivered: "Delivered", read: "Read", failed: "Not delivered",
@@ -44,6 +48,28 @@ export function chatPane(ctx, { who, title, room = false }) {
   const send = h("button", { type: "submit", class: "primary" }, "Send");
   const problem = h("div", { "aria-live": "assertive" });
   const composer = h("form", { class: "composer" }, text, send);
+  const typing = h("div", { class: "typing", id: "typing", "aria-live": "polite" });
+  const typists = new Map(); // address -> [name, timer]
+  let typingSentAt = 0;
+  function showTypists() {
+    const names = [...typists.values()].map(([name]) => name);
+    typing.textContent = names.length === 0 ? ""
+      : names.length === 1 ? `${names[0]} is typing…` : `${names.join(", ")} are typing…`;
+  }
+  function typist(address, name) {
+    const known = typists.get(address);
+    if (known) clearTimeout(known[1]);
+    if (name === null) typists.delete(address);
+    else typists.set(address, [name, setTimeout(() => typist(address, null), TYPING_SHOWN_MS)]);
+    showTypists();
+  }
+  text.addEventListener("input", () => {
+    const now = Date.now();
+    if (!text.value.trim() || now - typingSentAt < TYPING_EVERY_MS) return;
+    typingSentAt = now;
+    // Best effort: a lost typing signal matters to nobody.
+    api.post(`${path}/typing`).catch(() => {});
+  });
   let conversationId = room ? who : null;
   let loading = null;
 
@@ -103,11 +129,16 @@ export function chatPane(ctx, { who, title, room = false }) {
 
   reload();
   return {
-    nodes: [messages, problem, composer],
+    nodes: [messages, typing, problem, composer],
     event(ev) {
       const m = ev.message;
       const ours = (m && (m.conversation === conversationId || (!room && m.peer === who)))
         || (conversationId && ev.conversation === conversationId);
+      if (ev.type === "chat.typing") {
+        if (conversationId && ev.conversation === conversationId) typist(ev.address, ev.name);
+        return;
+      }
+      if (m && ours && !m.mine) typist(m.sender, null); // the message they were typing came
       if (ours || ev.type === "page.visible") reload();
     },
   };

@@ -74,7 +74,9 @@ export const PATH_WORDS = {
 
 export function presence(contact) {
   if (contact.blocked) return "Blocked";
-  if (contact.online) return `Online · connected ${PATH_WORDS[contact.path] || "directly"}`;
+  if (contact.online) {
+    return `${contact.away ? "Away" : "Online"} · connected ${PATH_WORDS[contact.path] || "directly"}`;
+  }
   if (contact.last_seen) return `Offline · last seen ${ago(contact.last_seen)}`;
   return "Offline · not seen yet";
 }

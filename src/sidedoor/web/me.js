@@ -68,6 +68,25 @@ export function render(main, ctx) {
     }
   });
 
+  // Away or at the desk: contacts see it next to your name (messages arrive either way).
+  const presenceBox = h("div", { class: "stack", id: "my-presence" });
+  const presenceResult = h("div", { "aria-live": "polite" });
+  function updatePresence() {
+    const away = ctx.store.presence.me.state === "away";
+    replace(presenceBox,
+      h("p", {}, away ? "Your contacts see you as away." : "Your contacts see you as online."),
+      h("div", { class: "row" }, actionButton(away ? "I'm back" : "Set me as away", async () => {
+        try {
+          ctx.store.presence.me = await api.post("/v1/presence", { away: !away });
+          replace(presenceResult);
+          await ctx.refresh("presence");
+        } catch (exc) {
+          replace(presenceResult, notice("error", exc.message, exc.detail));
+        }
+      }, { busy: "Telling your contacts…" })),
+      presenceResult);
+  }
+
   const head = h("div");
   const facts = h("div");
   const reach = h("ul", { class: "stack", id: "reach" });
@@ -94,6 +113,9 @@ export function render(main, ctx) {
   main.append(
     head,
     h("section", { class: "card" }, form),
+    h("section", { class: "card", "aria-labelledby": "presence-h" },
+      h("h2", { id: "presence-h" }, "Your status"),
+      presenceBox),
     h("section", { class: "card", "aria-labelledby": "id-h" },
       h("h2", { id: "id-h" }, "Your identity"),
       h("p", { class: "hint" }, "Your address is your public key: it stays the same on any network."),
@@ -110,5 +132,11 @@ export function render(main, ctx) {
       })),
   );
   update();
-  return { update: (keys) => { if (keys.includes("status")) update(); } };
+  updatePresence();
+  return {
+    update: (keys) => {
+      if (keys.includes("status")) update();
+      if (keys.includes("presence")) updatePresence();
+    },
+  };
 }
