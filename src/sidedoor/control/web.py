@@ -63,7 +63,7 @@ import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import segno
 from aiohttp import web
@@ -412,10 +412,7 @@ class WebRoutes:
         tid = body.get("id") if isinstance(body, dict) else None
         if not isinstance(tid, str):
             raise WebUIError("name the transfer as 'id'")
-        transfers: Any = getattr(self.node, "transfers", None)
-        if transfers is None:
-            raise WebUIError("this version of sidedoor has no file transfers")
-        info = await transfers.describe_one(tid)
+        info = await self.node.transfers.describe_one(tid)
         if info.get("direction") != "in" or info.get("status") != "done":
             raise WebUIError("only the folder of files you received can be opened")
         folder = str(info.get("dest") or "")

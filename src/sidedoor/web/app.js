@@ -47,29 +47,13 @@ const LOADERS = {
   contacts: async () => (await api.get("/v1/contacts")).contacts,
   requests: () => api.get("/v1/requests"),
   nearby: () => api.get("/v1/nearby"),
-  transfers: async () => (store.features.files ? (await api.get("/v1/transfers")).transfers : []),
-  rooms: async () => (store.features.chat ? (await api.get("/v1/chat/rooms")).rooms : []),
+  transfers: async () => (await api.get("/v1/transfers")).transfers,
+  rooms: async () => (await api.get("/v1/chat/rooms")).rooms,
   inbox: async () => {
-    if (!store.features.chat) return {};
     const data = await api.get("/v1/chat/inbox");
     return Object.fromEntries(data.unread.map((u) => [u.kind === "direct" ? u.address : u.id, u.unread]));
   },
 };
-
-// Which optional parts this node has (chat and files arrive in later versions).
-async function detectFeatures() {
-  const probe = async (path) => {
-    try {
-      await api.get(path);
-      return true;
-    } catch (exc) {
-      if (exc instanceof api.ApiError && exc.status === 404) return false;
-      return true;  // it exists, it only failed this time
-    }
-  };
-  const [chat, files] = await Promise.all([probe("/v1/chat/inbox"), probe("/v1/transfers")]);
-  store.features = { chat, files };
-}
 
 export const store = {
   status: null,
@@ -79,7 +63,6 @@ export const store = {
   inbox: {},
   rooms: [],
   transfers: [],
-  features: { chat: false, files: false },
   presence: { me: { state: "available" } },
   live: "connecting",
 };
@@ -220,10 +203,8 @@ function renderSidebar() {
       unread(room.id))));
   }
   if (items.length === 0) items.push(h("li", { class: "empty-nav" }, "Nobody yet"));
-  if (store.features.chat) {
-    items.push(h("li", {}, h("a", { href: "#/new-room", dataset: { route: "new-room" }, class: "quiet-link" }, "+ New room")));
-    items.push(h("li", {}, h("a", { href: "#/search", dataset: { route: "search" }, class: "quiet-link" }, "Search messages")));
-  }
+  items.push(h("li", {}, h("a", { href: "#/new-room", dataset: { route: "new-room" }, class: "quiet-link" }, "+ New room")));
+  items.push(h("li", {}, h("a", { href: "#/search", dataset: { route: "search" }, class: "quiet-link" }, "Search messages")));
   replace(list, items);
   markCurrent();
 }
@@ -299,7 +280,6 @@ async function boot() {
   document.addEventListener("visibilitychange", () => {
     if (document.visibilityState === "visible" && screen && screen.event) screen.event({ type: "page.visible" });
   });
-  await detectFeatures();
   await refresh(...Object.keys(LOADERS));
   route();
   document.body.dataset.ready = "true";

@@ -1,5 +1,5 @@
 // One contact: who they are, how they are connected, and the conversation with them.
-// Chat uses the node's /v1/chat routes when this node has them; files, /v1/files.
+// Chat uses the node's /v1/chat routes; files, /v1/transfers.
 
 import * as api from "./api.js";
 import {
@@ -144,16 +144,6 @@ export function chatPane(ctx, { who, title, room = false }) {
   };
 }
 
-function chatPlaceholder(contact) {
-  return {
-    nodes: [h("div", { class: "placeholder", id: "chat-placeholder" },
-      h("div", { class: "stack" },
-        h("h3", {}, "Messages are not available yet"),
-        h("p", {}, `This version of sidedoor cannot chat yet. Once it can, your conversation with ${displayName(contact)} appears here.`)))],
-    event() {},
-  };
-}
-
 // ---------------------------------------------------------------- details
 
 function contactActions(ctx, contact, result) {
@@ -239,9 +229,7 @@ export function render(main, ctx, address) {
         contactActions(ctx, contact, result))));
     if (shown !== contact.address) {
       shown = contact.address;
-      chat = ctx.store.features.chat
-        ? chatPane(ctx, { who: contact.address, title: displayName(contact) })
-        : chatPlaceholder(contact);
+      chat = chatPane(ctx, { who: contact.address, title: displayName(contact) });
       const fileBar = files.fileBar(ctx, contact);
       replace(convo, chat.nodes, fileBar.node);
       dropZone = fileBar;
@@ -265,7 +253,7 @@ export function render(main, ctx, address) {
   update();
   return {
     update: (keys) => {
-      if (keys.includes("contacts") || keys.includes("features")) update();
+      if (keys.includes("contacts")) update();
       if (keys.includes("transfers") && dropZone) dropZone.update();
     },
     event: (ev) => { if (chat) chat.event(ev); },

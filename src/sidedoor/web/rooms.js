@@ -12,16 +12,7 @@ function nameOf(ctx, address) {
   return contact ? displayName(contact) : `${address.slice(0, 10)}…`;
 }
 
-function noChat(main) {
-  main.append(pageHead("Rooms", ""), emptyState({
-    art: "chat", title: "Rooms are not available yet",
-    text: "This version of sidedoor cannot chat yet.",
-  }));
-  return {};
-}
-
 export function renderRoom(main, ctx, id) {
-  if (!ctx.store.features.chat) return noChat(main);
   const head = h("div");
   const members = h("section", { class: "card stack", "aria-labelledby": "members-h" });
   const result = h("div", { "aria-live": "polite" });
@@ -94,7 +85,6 @@ export function renderRoom(main, ctx, id) {
 }
 
 export function renderNewRoom(main, ctx) {
-  if (!ctx.store.features.chat) return noChat(main);
   const name = h("input", { type: "text", id: "room-name", maxlength: "64", required: true,
     placeholder: "Project Falcon" });
   const people = h("fieldset", { class: "stack tight picks" });
@@ -135,7 +125,6 @@ export function renderNewRoom(main, ctx) {
 }
 
 export function renderSearch(main, ctx, query = "") {
-  if (!ctx.store.features.chat) return noChat(main);
   const input = h("input", { type: "search", id: "search-input", value: decodeURIComponent(query),
     placeholder: "Words to look for", "aria-label": "Search messages" });
   const results = h("div", { id: "search-results", "aria-live": "polite" });

@@ -149,7 +149,6 @@ export async function sendFiles(ctx, contact, items, status) {
 
 // The strip under a conversation: send buttons, and the transfers with this contact.
 export function fileBar(ctx, contact) {
-  if (!ctx.store.features.files) return { node: null, accepts: false, drop() {}, update() {} };
   const status = h("div", { "aria-live": "polite" });
   const list = h("ul", { class: "list", "aria-label": "Files with this contact" });
   const pickFiles = h("input", { type: "file", multiple: true, id: "file-input", class: "visually-hidden" });
@@ -196,15 +195,6 @@ export function render(main, ctx) {
   const list = h("div", { id: "transfers" });
   const result = h("div", { "aria-live": "polite" });
   function update() {
-    if (!ctx.store.features.files) {
-      replace(list, emptyState({
-        art: "box",
-        title: "File transfers are not available yet",
-        text: "This version of sidedoor cannot send files yet. When it can, files you send and "
-          + "receive show here with their progress, speed and time left.",
-      }));
-      return;
-    }
     const transfers = ctx.store.transfers || [];
     if (transfers.length === 0) {
       replace(list, emptyState({
@@ -221,5 +211,5 @@ export function render(main, ctx) {
   }
   main.append(pageHead("Transfers", "Files and folders you send and receive."), result, list);
   update();
-  return { update: (keys) => { if (keys.includes("transfers") || keys.includes("features")) update(); } };
+  return { update: (keys) => { if (keys.includes("transfers")) update(); } };
 }
