@@ -16,7 +16,19 @@ from typing import Any
 
 import pexpect
 import pytest
-from test_cli import CALL_TIMEOUT, Detached, _argv, _env, as_json, failed, ok, sd, sd_in, stop_node
+from test_cli import (
+    CALL_TIMEOUT,
+    Detached,
+    _argv,
+    _env,
+    as_json,
+    control,
+    failed,
+    ok,
+    sd,
+    sd_in,
+    stop_node,
+)
 
 WAIT = 20.0
 
@@ -187,6 +199,16 @@ def test_terminal_chat_types_and_receives_at_once(homes: dict[str, Path]) -> Non
         child.expect("/quit")
         child.expect("earlier message")  # scrollback
         child.expect(">")
+        # Bob types in his own chat view (his node's typing route, as his view calls it).
+        # The view subscribes to events just after it shows the prompt: a signal sent
+        # before that is gone, as typing signals are; the next one (3 s on) shows.
+        # (The terminal view prints one line per burst of typing.)
+        for _ in range(5):
+            control(bob.home, "POST", "/v1/chat/conversations/Ann/typing")
+            if child.expect(["Bob is typing", pexpect.TIMEOUT], timeout=3.5) == 0:
+                break
+        else:
+            raise AssertionError("Bob's typing never showed in Ann's chat view")
         child.send("half a sent")  # typing, not done yet...
         ok(sd_in(bob.home, "say", "Ann", "incoming while you type"))
         child.expect("incoming while you type")  # ...and it shows up meanwhile

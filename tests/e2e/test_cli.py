@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,18 @@ def sd_in(home: Path | None, *args: str) -> Result:
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception  # a crash, not a handled error
     return subprocess.CompletedProcess(argv, result.exit_code, result.stdout, result.stderr)
+
+
+def control(home: Path, method: str, path: str, body: Any = None) -> Any:
+    """A call to the node's control API with its bearer token, as the CLI makes it."""
+    info = json.loads((home / CONTROL_FILE).read_text())
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{info['port']}{path}", method=method,
+        data=json.dumps(body if body is not None else {}).encode() if method != "GET" else None,
+        headers={"Authorization": f"Bearer {info['token']}",
+                 "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=CALL_TIMEOUT) as resp:
+        return json.loads(resp.read())
 
 
 def ok(result: Result) -> Result:

@@ -25,6 +25,7 @@ from sidedoor.cli.common import (
 )
 from sidedoor.control.client import ControlClient
 from sidedoor.errors import SidedoorError
+from sidedoor.proto.presence import TYPING_EVERY, TYPING_SHOWN_FOR
 
 HISTORY_ON_OPEN = 30
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
@@ -322,8 +323,9 @@ def chat_command(ctx: Context, who: str) -> None:
     """Talk with a contact or a room, live, in this terminal.
 
     Type and press Enter to send; messages from the others appear above the
-    prompt as they come, with ✓ when yours are delivered and ✓✓ when read.
-    /quit (or Ctrl-D) leaves. Works over SSH.
+    prompt as they come, with ✓ when yours are delivered and ✓✓ when read, and a
+    line when someone starts typing (they see the same of you). /quit (or Ctrl-D)
+    leaves. Works over SSH.
 
     \b
     Example:
@@ -350,7 +352,30 @@ async def _chat(ctx: Context, who: str) -> None:
             out.print(line(m, day=False))
         await client.call("POST", target + "/read", {})
         mine: dict[str, str] = {}
+        # When each person last typed here (monotonic s): one line per burst of typing.
+        typed_at: dict[str, float] = {}
         session: PromptSession[str] = PromptSession()
+        tasks: set[asyncio.Task[Any]] = set()
+        typing_sent = 0.0
+
+        def typed(_: object) -> None:
+            # Tell the others we are typing: at most every TYPING_EVERY s, best effort.
+            nonlocal typing_sent
+            now = time.monotonic()
+            if not session.default_buffer.text.strip() or now - typing_sent < TYPING_EVERY:
+                return
+            typing_sent = now
+            task = asyncio.get_running_loop().create_task(client.call("POST", target + "/typing",
+                                                                      {}))
+            tasks.add(task)
+            task.add_done_callback(forget)
+
+        def forget(task: asyncio.Task[Any]) -> None:
+            tasks.discard(task)
+            if not task.cancelled():
+                task.exception()  # retrieved: a lost typing signal matters to nobody
+
+        session.default_buffer.on_text_changed += typed
 
         async def follow() -> None:
             async for event in client.events():
@@ -359,9 +384,16 @@ async def _chat(ctx: Context, who: str) -> None:
                     m = event["message"]
                     if m["conversation"] != conv["id"] or m["id"] in mine:
                         continue
+                    typed_at.pop(m["sender"], None)
                     out.print(line(m, day=False))
                     if not m["mine"]:
                         await client.call("POST", target + "/read", {})
+                elif kind == "chat.typing" and event["conversation"] == conv["id"]:
+                    now = time.monotonic()
+                    last = typed_at.get(event["address"])
+                    typed_at[event["address"]] = now
+                    if last is None or now - last > TYPING_SHOWN_FOR:
+                        out.print(f"[dim italic]{safe(event['name'])} is typing…[/]")
                 elif kind in ("chat.delivered", "chat.read", "chat.failed"):
                     if event["conversation"] != conv["id"]:
                         continue
@@ -378,6 +410,9 @@ async def _chat(ctx: Context, who: str) -> None:
                                 out.print(f"[dim]{mark} {safe(text)}[/]")
                 elif kind == "presence.changed" and event["address"] == conv.get("address"):
                     state = "online" if event["online"] else "offline"
+                    out.print(f"[dim]{safe(conv['name'])} is {state}[/]")
+                elif kind == "presence.away" and event["address"] == conv.get("address"):
+                    state = "away" if event["away"] else "back"
                     out.print(f"[dim]{safe(conv['name'])} is {state}[/]")
 
         with patch_stdout(raw=True):

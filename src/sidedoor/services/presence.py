@@ -80,7 +80,6 @@ class Presence:
         last = self._typing_sent.get(conversation)
         if last is not None and now - last < wire.TYPING_EVERY:
             return 0
-        self._typing_sent[conversation] = now
         if len(conversation) == wire.ROOM_ID_LEN:
             room = self.node.chat.rooms.get(conversation)
             if room is None or room.status != "active":
@@ -98,6 +97,8 @@ class Presence:
             if conn is not None:
                 self.node._spawn(self._send(conn, signal))
                 told += 1
+        if told:
+            self._typing_sent[conversation] = now  # nobody told: the next key press may
         return told
 
     # ---------------------------------------------------------------- theirs
