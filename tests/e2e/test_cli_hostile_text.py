@@ -190,7 +190,8 @@ def _fake_answers() -> dict[tuple[str, str], Any]:
     contact = {"petname": HOSTILE, "name": HOSTILE, "address": ADDRESS,
                "fingerprint": "able-baker-charlie-delta", "safety_words": "one two three",
                "source": "link", "added_at": now, "verified": False, "blocked": True,
-               "last_seen": now - 600, "online": False, "path": None, "addrs": []}
+               "last_seen": now - 600, "online": False, "away": False, "presence": "offline",
+               "path": None, "addrs": []}
     return {
         ("GET", "/v1/nearby"): {"discovery": True, "nearby": [
             {"number": 1, "address": ADDRESS, "name": HOSTILE, "fingerprint": "a-b-c-d",
