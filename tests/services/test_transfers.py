@@ -25,6 +25,7 @@ from sidedoor.net.connection import ChannelClosedError, ChannelStream
 from sidedoor.node import Node
 from sidedoor.proto import transfer as wire
 from sidedoor.proto.framing import encode_message
+from sidedoor.services import transfers as transfers_module
 from sidedoor.services.transfers import SETTING_AUTO_ACCEPT
 from sidedoor.testing.nodes import befriend
 
@@ -204,6 +205,21 @@ async def test_hostile_names_are_declined_and_nothing_is_written(
     assert await bob.transfers.all() == []
     assert not dest.exists()
     assert tree(work) == []
+
+
+async def test_a_contact_flooding_offers_is_told_no_past_the_cap(
+        pair: tuple[Node, Node], work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = pair
+    monkeypatch.setattr(transfers_module, "MAX_WAITING_OFFERS", 3)
+    manifest = wire.Manifest([wire.FileEntry("a.txt", 3, 0o644, 1, hashes_of(b"abc"))])
+    replies = [await offer_by_hand(alice, bob, manifest, tid=bytes([i]) * 16)
+               for i in range(5)]
+    assert [r.status for r in replies] == ["waiting"] * 3 + ["declined"] * 2
+    assert "3 of your offers are still waiting" in replies[3].reason
+    assert len(await bob.transfers.all()) == 3
+    # Once Bob answers one, there is room for one more.
+    await bob.transfers.decline(bytes([0]).hex() * 16)
+    assert (await offer_by_hand(alice, bob, manifest, tid=b"\x09" * 16)).status == "waiting"
 
 
 async def test_a_manifest_claiming_1_eb_is_refused_for_lack_of_room(

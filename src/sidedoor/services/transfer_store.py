@@ -91,6 +91,13 @@ class TransferStore:
             f"SELECT {_COLUMNS} FROM transfers ORDER BY created_at DESC").fetchall())
         return [_record(r) for r in rows]
 
+    def waiting_from(self, peer: bytes) -> tuple[int, int]:
+        """How many offers from ``peer`` wait for an answer here, and their manifests' bytes."""
+        row = self.db.call(lambda c: c.execute(
+            "SELECT count(*), coalesce(sum(length(manifest)), 0) FROM transfers "
+            "WHERE peer = ? AND direction = 'in' AND status = 'offered'", (peer,)).fetchone())
+        return int(row[0]), int(row[1])
+
     def ids(self) -> list[bytes]:
         rows = self.db.call(lambda c: c.execute("SELECT id FROM transfers").fetchall())
         return [bytes(r[0]) for r in rows]

@@ -74,6 +74,10 @@ REACH_TIMEOUT = 10.0
 RETRY_MAX = 30.0
 MAX_QUEUED_REQUESTS = 4096
 FREE_SPACE_MARGIN = 16 << 20
+# What one contact may leave waiting for an answer here: a peer that floods offers is
+# told no before its manifests fill the database.
+MAX_WAITING_OFFERS = 64
+MAX_WAITING_OFFER_BYTES = 256 << 20
 SETTING_DOWNLOADS = "downloads"
 SETTING_AUTO_ACCEPT = "auto-accept"
 
@@ -602,6 +606,13 @@ class Transfers:
                 await self._reply(stream, "accepted")
             else:
                 await self._reply(stream, "declined", known.error or known.status)
+            return
+        count, size = await self._db(self.store.waiting_from, remote.key)
+        if count >= MAX_WAITING_OFFERS or size + len(raw) > MAX_WAITING_OFFER_BYTES:
+            log.info("refused an offer from %s: %d offers already wait", remote.address, count)
+            await self._reply(stream, "declined",
+                              f"{count} of your offers are still waiting to be accepted; "
+                              "send more once they are answered")
             return
         try:
             wire.check_manifest(offer.manifest)
