@@ -338,6 +338,9 @@ async def test_upload_needs_the_csrf_header_and_a_known_batch(door: Door) -> Non
 async def test_reveal_explains_what_it_cannot_do(door: Door) -> None:
     cookie, csrf = await door.sign_in()
     headers = {"Cookie": cookie, "Origin": door.origin, web_ui.CSRF_HEADER: csrf}
-    for body in (b"not json", b'{"id": 5}', b'{"id": "abcd"}'):
+    for body in (b"not json", b'{"id": 5}'):
         status, _, answer = await door.request("POST", "/v1/web/reveal", headers, data=body)
         assert status == 400 and error_of(answer) == "WebUIError"
+    status, _, answer = await door.request("POST", "/v1/web/reveal", headers,
+                                           data=b'{"id": "abcd"}')
+    assert status == 400 and error_of(answer) == "TransferError"  # no such transfer

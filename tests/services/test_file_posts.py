@@ -57,6 +57,9 @@ async def test_an_offer_to_a_contact_is_a_message_in_their_conversation(
     assert got.text == "Sent files: report.pdf (1 file, 5.0 KB)\nQ3 draft"
     assert [a.hex() for a in got.attachments] == [sent["id"]]
     # The attachment names the transfer Bob was offered: the two are one thread.
+    async with asyncio.timeout(10):
+        while not any(t["id"] == sent["id"] for t in await bob.transfers.all()):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
     offer = await bob.transfers.describe_one(sent["id"])
     assert offer["direction"] == "in" and offer["status"] == "offered"
     assert offer["note"] == "Q3 draft"
@@ -81,7 +84,11 @@ async def test_an_offer_to_a_room_goes_to_each_member_who_is_a_contact(
     got = await first_message(alice, rid)
     assert got.sender == bob.public.key and got.text.startswith("Sent files: report.pdf")
     assert [a.hex() for a in got.attachments] == [sent["id"]]
-    assert (await alice.transfers.describe_one(sent["id"]))["direction"] == "in"
+    # The message may come before the offer it names: each travels on its own.
+    async with asyncio.timeout(10):
+        while not any(t["id"] == sent["id"] and t["direction"] == "in"  # noqa: ASYNC110
+                      for t in await alice.transfers.all()):
+            await asyncio.sleep(0.02)
 
 
 async def test_nobody_to_send_to_and_unknown_names_are_clear_errors(
