@@ -270,6 +270,31 @@ class IncomingFiles:
             os.close(fd)
         return found
 
+    def leftovers(self, files: list[int]) -> tuple[set[int], set[int]]:
+        """Of ``files``, those with a partial file, and those whose final name is taken.
+
+        One listing per folder instead of two failed lookups per file: a fresh transfer
+        of 10,000 files starts without 20,000 system calls that find nothing.
+        """
+        listings: dict[tuple[str, ...], set[str]] = {}
+        partial, named = set(), set()
+        for file in files:
+            parts = self._mapped(self._parts[file])
+            folder = parts[:-1]
+            names = listings.get(folder)
+            if names is None:
+                try:
+                    names = set(os.listdir(self._dir_fd(folder)))
+                except OSError as exc:
+                    raise _os_error(exc, f"cannot list {'/'.join(folder) or '.'!r}",
+                                    self.dest) from exc
+                listings[folder] = names
+            if partial_name(self.transfer, file) in names:
+                partial.add(file)
+            if parts[-1] in names:
+                named.add(file)
+        return partial, named
+
     def placed(self, file: int) -> str | None:
         """The file's path if it is already in place, whole (renamed just before a crash,
         before that was recorded): no partial file, and the final name holds a regular

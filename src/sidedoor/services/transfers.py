@@ -310,13 +310,14 @@ class Transfers:
         names = {c.identity: c.petname for c in await self._db(self.node.contacts.all)}
         return [self.describe(r, names) for r in records]
 
-    async def get(self, query: str) -> TransferRecord:
-        """A transfer by its id or the start of it (as `transfers` shows it)."""
+    async def get(self, query: str, light: bool = False) -> TransferRecord:
+        """A transfer by its id or the start of it (as `transfers` shows it); ``light``:
+        without its manifest and sources (`TransferStore.get`)."""
         query = query.strip().lower()
         if len(query) < 4 or any(c not in "0123456789abcdef" for c in query):
             raise TransferError(f"{query!r} is not a transfer id (see `sidedoor transfers`)")
         if len(query) == 2 * wire.TRANSFER_ID_LEN:
-            found = await self._db(self.store.get, bytes.fromhex(query))
+            found = await self._db(self.store.get, bytes.fromhex(query), light)
             if found is not None:
                 return found
         matches = [tid for tid in await self._db(self.store.ids) if tid.hex().startswith(query)]
@@ -324,12 +325,15 @@ class Transfers:
             raise TransferError(f"no transfer {query}; `sidedoor transfers` lists them")
         if len(matches) > 1:
             raise TransferError(f"{query} matches several transfers; give more of the id")
-        record = await self._db(self.store.get, matches[0])
+        record = await self._db(self.store.get, matches[0], light)
         assert record is not None
         return record
 
     async def describe_one(self, query: str) -> dict[str, Any]:
-        record = await self.get(query)
+        # Polled while a transfer runs: the manifest is read only until its names are known.
+        record = await self.get(query, light=True)
+        if record.id not in self._tops:
+            record = await self.get(record.hex)
         return self.describe(record, {record.peer: await self._contact_name(record.peer)})
 
     async def _set_status(self, record: TransferRecord, status: str, **fields: Any) -> None:
@@ -874,16 +878,17 @@ class Transfers:
         hash right, and whole files already renamed into place."""
         found: set[tuple[int, int]] = set()
         placed: dict[int, str] = {}
-        for f, entry in enumerate(manifest.files):
-            if f in finished:
-                continue
+        partial, named = writer.leftovers(
+            [f for f in range(len(manifest.files)) if f not in finished])
+        for f in sorted(partial | named):
+            entry = manifest.files[f]
             missing = [c for c in range(entry.chunks) if (f, c) not in verified]
-            if len(missing) == entry.chunks:
+            if len(missing) == entry.chunks and f in named and f not in partial:
                 path = writer.placed(f)
                 if path is not None:
                     placed[f] = path
                     continue
-            if missing:
+            if missing and f in partial:
                 found.update((f, c) for c in writer.recover(f, missing))
         return found, placed
 
