@@ -76,8 +76,12 @@ class IncomingFiles:
     """The files of one incoming transfer, under ``dest``."""
 
     def __init__(self, dest: Path, transfer: bytes, manifest: Manifest,
-                 roots: dict[str, str]) -> None:
+                 roots: dict[str, str], durable: bool = False) -> None:
         self.dest = dest
+        # Each file reaches the disk (fsync) before it gets its name, and every folder
+        # when the transfer ends; otherwise a power cut soon after can leave a file
+        # empty under its final name (as after cp, scp or rsync).
+        self.durable = durable
         self.transfer = transfer
         self.manifest = manifest
         self.roots = dict(roots)  # offered top-level folder name -> name used in dest
@@ -268,6 +272,8 @@ class IncomingFiles:
                     pieces[0] = pieces[0][n:]
             os.fchmod(fd, entry.mode)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            if self.durable:
+                os.fsync(fd)
         except OSError as exc:
             raise _os_error(exc, f"cannot write {entry.path!r}", self.dest) from exc
         finally:
@@ -394,6 +400,8 @@ class IncomingFiles:
                 raise FileDamaged(f"{entry.path!r} did not verify on disk; fetching it again")
             os.fchmod(fd, entry.mode)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            if self.durable:
+                os.fsync(fd)
         except OSError as exc:
             raise _os_error(exc, f"cannot finish {entry.path!r}", self.dest) from exc
         finally:
@@ -440,7 +448,8 @@ class IncomingFiles:
         raise TransferError(f"too many files named like {name!r} in the destination")
 
     def finish_dirs(self) -> None:
-        """Folder modes and times, deepest first (writing files changed their times)."""
+        """Folder modes and times, deepest first (writing files changed their times);
+        when `durable`, the folders' entries (the files' final names) reach the disk."""
         for directory in sorted(self.manifest.dirs, key=lambda d: -d.path.count("/")):
             parts = self._mapped(check_path(directory.path))
             parent = self._dir_fd(parts[:-1])
@@ -451,8 +460,15 @@ class IncomingFiles:
             try:
                 os.fchmod(fd, directory.mode | 0o700)  # we must still be able to use it
                 os.utime(fd, ns=(directory.mtime_ns, directory.mtime_ns))
+                if self.durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
+        if self.durable:
+            try:
+                os.fsync(self._dest_fd)
+            except OSError as exc:
+                raise _os_error(exc, "cannot flush the folder", self.dest) from exc
 
     def discard(self) -> None:
         """Remove every partial file of this transfer (finished files stay)."""

@@ -77,6 +77,7 @@ IDLE_PULL_TIMEOUT = 3600.0  # a receiver may wait this long between requests (a 
 FREE_SPACE_MARGIN = 16 << 20
 SETTING_DOWNLOADS = "downloads"
 SETTING_AUTO_ACCEPT = "auto-accept"
+SETTING_FSYNC = "fsync"  # "on": each received file is on disk before it gets its name
 
 
 def default_downloads() -> Path:
@@ -790,8 +791,10 @@ class Transfers:
         progress = _Progress(record.bytes_received)
         writer: IncomingFiles | None = None
         try:
+            assert self.node.db is not None
+            durable = await self._db(self.node.db.get_setting, SETTING_FSYNC, "off") == "on"
             writer = await on_thread(IncomingFiles, Path(record.dest), tid, manifest,
-                                     record.roots)
+                                     record.roots, durable)
             roots = await on_thread(writer.claim_roots)
             if roots != record.roots:
                 await self._db(functools.partial(self.store.update, tid, roots=roots))
