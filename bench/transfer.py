@@ -20,9 +20,15 @@ memory come from ``wait4`` (the largest single process of the side); the long-li
 sidedoor nodes are measured from ``/proc`` (CPU delta, ``VmHWM`` reset before each
 round through ``clear_refs``).
 
-Traps of this VM, handled: the page cache is warmed by reading a large sparse file
-before timing (the first write into free memory costs about 2.3 s/GiB of kernel
-time); every destination is a fresh folder that is kept until the end (creating
+Traps of this VM, handled: memory the guest frees is handed back to the host
+("free page reporting" of the virtio balloon, about half a second after it is freed),
+and the next write into such memory costs 1-2.5 s of kernel time per GiB (page faults
+on the host side, seen as a slow ``copy_folio_from_iter_atomic``) against about
+0.5 s/GiB into memory freed a moment ago. Which one a tool got used to depend on what
+ran just before it; so before each timed copy the benchmark waits ``--settle``
+seconds (default 3), and every tool writes its copy into handed-back memory alike.
+The socat row shows what that costs by itself (no tool can do better). Every
+destination is a fresh folder that is kept until the end (creating
 many files just after deleting many is several times slower), and the file-creation
 speed is measured and printed before the small-file case. Every copy is checked
 against the source's BLAKE3 hash (outside the timing). One untimed warm-up round
@@ -403,17 +409,6 @@ def make_folder(path: Path, count: int, size: int = 10 * 1024) -> None:
         (sub / f"file{i:05}.bin").write_bytes(os.urandom(size))
 
 
-def warm_page_cache(base: Path, gib: int) -> Path:
-    """Read a sparse file of ``gib`` GiB so that memory is the guest's before timing."""
-    sparse = base / "warm.sparse"
-    with sparse.open("wb") as f:
-        f.truncate(gib << 30)
-    with sparse.open("rb") as f:
-        while f.readinto(bytearray(16 * MiB)):
-            pass
-    return sparse
-
-
 def creation_rate(base: Path) -> float:
     """Files created per second in a fresh folder (slow right after mass deletion)."""
     probe = base / f"probe-{time.monotonic_ns()}"
@@ -434,6 +429,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma-separated tool names to run")
     parser.add_argument("--cases", default="file,folder")
     parser.add_argument("--dir", default=None, help="where to put the data (default: /tmp)")
+    parser.add_argument("--settle", type=float, default=3.0,
+                        help="seconds to wait before each timed copy, so that every tool "
+                             "writes into memory in the same state (see above)")
     args = parser.parse_args()
 
     base = Path(tempfile.mkdtemp(prefix="sidedoor-bench-", dir=args.dir))
@@ -489,7 +487,6 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
         print(f"making {args.files} files of 10 KiB ...", file=sys.stderr)
         make_folder(folder, args.files)
         cases[f"{args.files} x 10 KiB"] = folder
-    warm_page_cache(base, 6)
     digests = {name: tree_digest(path) for name, path in cases.items()}
 
     n = 0
@@ -503,6 +500,7 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
                 n += 1
                 dest = base / "dst" / f"{n:04}"
                 dest.mkdir(parents=True)
+                time.sleep(args.settle)
                 sample = tool.run(source, dest)
                 got = tree_digest(dest / source.name)
                 if got != digests[case]:
@@ -512,7 +510,9 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
                     continue  # warm-up
                 tool.samples.setdefault(case, []).append(sample)
                 print(f"round {round_no} {case:>16} {tool.name:>18}: "
-                      f"{sample.seconds:7.3f} s", file=sys.stderr)
+                      f"{sample.seconds:7.3f} s (CPU {sample.cpu_send:.2f} + "
+                      f"{sample.cpu_recv:.2f} s, load {os.getloadavg()[0]:.2f})",
+                      file=sys.stderr)
                 if source.is_file():
                     # A 1 GiB copy kept per round adds up: drop it (files, not folders).
                     (dest / source.name).unlink()
@@ -520,7 +520,8 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
     for case, source in cases.items():
         size = (source.stat().st_size if source.is_file() else
                 sum(p.stat().st_size for p in source.rglob("*") if p.is_file()))
-        print(f"\n{case} ({size / 1e6:,.0f} MB), median of {args.rounds} rounds")
+        print(f"\n{case} ({size / 1e6:,.0f} MB), median of {args.rounds} rounds; "
+              f"load average now {os.getloadavg()[0]:.2f}")
         header = (f"{'tool':<18} {'seconds':>8} {'MB/s':>8} {'CPU send':>9} {'CPU recv':>9} "
                   f"{'mem send':>9} {'mem recv':>9} {'sidedoor is':>12}")
         print(header)

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from sidedoor.errors import BadChunk, MessageError, UnsafeFileName
 from sidedoor.proto import transfer as wire
+from sidedoor.proto.framing import encode_message
 from sidedoor.proto.transfer_receiver import Receiver
 
 MiB = 1 << 20
@@ -219,3 +220,53 @@ def test_any_resume_point_completes_with_each_chunk_verified_once(
     assert deliver(machine, files) == len(refs) - len(done)
     assert machine.verified_bytes == sum(sizes)
     assert machine.complete_files() == list(range(len(files)))
+
+
+def _pull_stream() -> tuple[bytes, list[object]]:
+    """Two chunks (headers and raw bytes) then a cancel, as a sender writes them."""
+    parts: list[bytes] = []
+    expected: list[object] = []
+    for file, data in ((0, b"a" * 5), (3, bytes(range(256)) * 3)):
+        header = wire.ChunkHeader(file, 0, len(data))
+        parts += [encode_message(wire.encode(header)), data]
+        expected += [header, data]
+    parts.append(encode_message(wire.encode(wire.Cancel("bye"))))
+    expected.append(wire.Cancel("bye"))
+    return b"".join(parts), expected
+
+
+def _joined(items: list[wire.PullMessage | memoryview]) -> list[object]:
+    """Messages as they are, consecutive byte pieces joined."""
+    out: list[object] = []
+    for item in items:
+        if isinstance(item, memoryview):
+            if out and isinstance(out[-1], bytes):
+                out[-1] += bytes(item)
+            else:
+                out.append(bytes(item))
+        else:
+            out.append(item)
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 2, 3, 7, 64, 1 << 20])
+def test_the_pull_reader_finds_messages_and_bytes_however_the_stream_is_cut(step: int) -> None:
+    stream, expected = _pull_stream()
+    reader = wire.PullReader(with_data=True)
+    items: list[wire.PullMessage | memoryview] = []
+    for start in range(0, len(stream), step):
+        items += reader.feed(memoryview(stream)[start:start + step])
+    assert _joined(items) == expected
+    assert not reader.mid_message
+
+
+def test_the_pull_reader_refuses_oversized_messages_and_bad_sizes() -> None:
+    reader = wire.PullReader(with_data=False)
+    assert reader.feed(b"\x00\x00") == [] and reader.mid_message
+    with pytest.raises(MessageError, match="limit"):
+        reader.feed(b"\x10\x01")
+    bad = encode_message(wire.encode(wire.ChunkHeader(0, 0, -5)))
+    with pytest.raises(MessageError, match="-5 bytes"):
+        wire.PullReader(with_data=True).feed(bad)
+    with pytest.raises(MessageError):
+        wire.PullReader(with_data=False).feed(encode_message(b"\xc1garbage"))

@@ -104,6 +104,40 @@ async def test_a_file_offered_accepted_and_arriving_whole(pair: tuple[Node, Node
 
 # ------------------------------------------------------------ more happy paths
 
+async def test_with_fsync_on_each_file_reaches_the_disk_before_its_name(
+        pair: tuple[Node, Node], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = pair
+    assert bob.db is not None
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    make_file(tmp_path / "src" / "box" / "big.bin", 3 * (1 << 20) + 5)
+    for i in range(3):
+        make_file(tmp_path / "src" / "box" / f"small{i}.txt", 100 + i, seed=i)
+    await bob.db.run(bob.db.set_setting, SETTING_AUTO_ACCEPT, alice.public.address)
+
+    async def send_box(dest: Path) -> None:
+        await bob.db.run(bob.db.set_setting, "downloads", str(dest))
+        sent = await alice.transfers.send([str(tmp_path / "src" / "box")], bob.public.address)
+        await until_status(bob, sent["id"], "done")
+
+    await send_box(tmp_path / "plain")  # the default: off
+    assert synced == []
+    await bob.db.run(bob.db.set_setting, "fsync", "on")
+    await send_box(tmp_path / "durable")
+    box = tmp_path / "durable" / "box"
+    assert sorted(p.name for p in box.iterdir()) == ["big.bin", "small0.txt", "small1.txt",
+                                                     "small2.txt"]
+    files = [Path(p) for p in synced if ".part" in p]
+    assert len(files) == 4 and all(p.parent == box for p in files)  # synced before renamed
+    assert str(box) in synced and str(tmp_path / "durable") in synced
+
+
 async def test_auto_accept_collisions_and_links_in_the_destination(
         pair: tuple[Node, Node], tmp_path: Path) -> None:
     alice, bob = pair

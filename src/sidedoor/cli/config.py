@@ -2,7 +2,7 @@
 
 Settings live in the node's database, so they can be changed whether the node runs
 or not. ``discovery`` applies when the node next starts; ``downloads`` and
-``auto-accept`` apply to the next offer.
+``auto-accept`` apply to the next offer, ``fsync`` to the next transfer that starts.
 """
 
 from __future__ import annotations
@@ -17,10 +17,15 @@ from sidedoor.errors import ContactError
 from sidedoor.home import ensure_home
 from sidedoor.identity import PublicIdentity
 from sidedoor.services.contacts import ContactBook
-from sidedoor.services.transfers import SETTING_AUTO_ACCEPT, SETTING_DOWNLOADS, default_downloads
+from sidedoor.services.transfers import (
+    SETTING_AUTO_ACCEPT,
+    SETTING_DOWNLOADS,
+    SETTING_FSYNC,
+    default_downloads,
+)
 from sidedoor.storage.db import Database
 
-KEYS = ("auto-accept", "discovery", "downloads")
+KEYS = ("auto-accept", "discovery", "downloads", "fsync")
 
 
 def _with_db(ctx: Context, fn: Callable[[Database], str]) -> str:
@@ -55,6 +60,10 @@ def config_group() -> None:
                               (default: your downloads folder, in a sidedoor subfolder)
       auto-accept  CONTACT    files from this contact are accepted without asking
                               (set adds one contact; unset removes it, or everyone)
+      fsync        on | off   on: each received file is written through to the disk
+                              before it gets its name (safe from a power cut; slower:
+                              about 2 s more per GiB, 1 ms more per file). Default off,
+                              like cp, scp and rsync
 
     \b
     Example:
@@ -90,6 +99,16 @@ def config_set(ctx: Context, key: str, value: str) -> None:
         _with_db(ctx, set_discovery)
         out.print(f"discovery = {value} (restart the node for it to apply: "
                   "sidedoor down; sidedoor up)")
+    elif key == "fsync":
+        if value not in ("on", "off"):
+            raise click.BadParameter("fsync is one of: on, off", param_hint="VALUE")
+
+        def set_fsync(db: Database) -> str:
+            db.set_setting(SETTING_FSYNC, value)
+            return value
+
+        _with_db(ctx, set_fsync)
+        out.print(f"fsync = {value} (for transfers that start from now on)")
     elif key == "downloads":
         folder = Path(value).expanduser().absolute()
         if folder.exists() and not folder.is_dir():
@@ -169,6 +188,8 @@ def config_get(ctx: Context, key: str) -> None:
             return db.get_setting("discovery", "on") or "on"
         if key == "downloads":
             return db.get_setting(SETTING_DOWNLOADS) or str(default_downloads())
+        if key == "fsync":
+            return db.get_setting(SETTING_FSYNC, "off") or "off"
         return _names(db, _trusted(db))
 
     click.echo(_with_db(ctx, get))

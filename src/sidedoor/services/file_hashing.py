@@ -67,13 +67,34 @@ def hash_chunks(fd: int, size: int, buffer: bytearray | None = None) -> bytes:
     return b"".join(hashes)
 
 
-def _cached_hashes(db: Database | None, path: str, size: int, mtime_ns: int) -> bytes | None:
-    if db is None:
-        return None
-    row = db.call(lambda c: c.execute(
-        "SELECT hashes FROM file_hashes WHERE path = ? AND size = ? AND mtime_ns = ?",
-        (path, size, mtime_ns)).fetchone())
-    return bytes(row[0]) if row else None
+CACHE_BATCH = 500  # paths looked up in the hash cache per query
+
+
+def _cached_hashes(db: Database | None, files: list[tuple[str, str, os.stat_result]]
+                   ) -> dict[str, bytes]:
+    """The cached hash lists of ``files`` (local path, name, stat) still valid for their
+    size and time: one query per `CACHE_BATCH` files, not one per file."""
+    if db is None or not files:
+        return {}
+    found: dict[str, bytes] = {}
+    for start in range(0, len(files), CACHE_BATCH):
+        batch = files[start:start + CACHE_BATCH]
+        query = ("SELECT path, size, mtime_ns, hashes FROM file_hashes WHERE path IN "
+                 f"({', '.join('?' * len(batch))})")
+        paths = [local for local, _, _ in batch]
+
+        def select(c: sqlite3.Connection, query: str = query, paths: list[str] = paths
+                   ) -> list[tuple[str, int, int, bytes]]:
+            rows: list[tuple[str, int, int, bytes]] = c.execute(query, paths).fetchall()
+            return rows
+
+        rows = db.call(select)
+        known = {path: (size, mtime_ns, bytes(hashes)) for path, size, mtime_ns, hashes in rows}
+        for local, _, st in batch:
+            hit = known.get(local)
+            if hit is not None and hit[:2] == (st.st_size, st.st_mtime_ns):
+                found[local] = hit[2]
+    return found
 
 
 def _store_hashes(db: Database | None, rows: list[tuple[str, int, int, bytes]]) -> None:
@@ -115,29 +136,15 @@ def build_manifest(paths: list[Path], db: Database | None = None,
     listed in ``skipped``. A name that could not be written on every system (a control
     character, a device name, ...) fails the whole offer with the path to rename.
     """
-    files: list[FileEntry] = []
+    found: list[tuple[str, str, os.stat_result]] = []  # (local path, name, stat)
     dirs: list[DirEntry] = []
-    sources: list[str] = []
     skipped: list[str] = []
     tops: set[str] = set()
-    buffer = bytearray(READ_SIZE)
-    fresh: list[tuple[str, int, int, bytes]] = []
 
     def add_file(local: str, rel: str, st: os.stat_result) -> None:
-        if len(files) >= MAX_FILES:
+        if len(found) >= MAX_FILES:
             raise TransferError(f"at most {MAX_FILES} files can be sent at once")
-        hashes = _cached_hashes(db, local, st.st_size, st.st_mtime_ns)
-        if hashes is None:
-            hashes = hash_file(local, st, buffer)
-            fresh.append((local, st.st_size, st.st_mtime_ns, hashes))
-            if len(fresh) >= 500:
-                _store_hashes(db, fresh)
-                fresh.clear()
-        files.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode) & 0o777,
-                               st.st_mtime_ns, hashes))
-        sources.append(local)
-        if progress is not None:
-            progress(st.st_size)
+        found.append((local, rel, st))
 
     def rel_name(parent: str, name: str, local: str) -> str:
         try:
@@ -176,8 +183,24 @@ def build_manifest(paths: list[Path], db: Database | None = None,
             raise TransferError(f"{path} is not a file or a folder")
     if len(dirs) > MAX_DIRS:
         raise TransferError(f"at most {MAX_DIRS} folders can be sent at once")
+    cached = _cached_hashes(db, found)
+    buffer = bytearray(READ_SIZE)
+    fresh: list[tuple[str, int, int, bytes]] = []
+    files: list[FileEntry] = []
+    for local, rel, st in found:
+        hashes = cached.get(local)
+        if hashes is None:
+            hashes = hash_file(local, st, buffer)
+            fresh.append((local, st.st_size, st.st_mtime_ns, hashes))
+            if len(fresh) >= CACHE_BATCH:
+                _store_hashes(db, fresh)
+                fresh.clear()
+        files.append(FileEntry(rel, st.st_size, stat.S_IMODE(st.st_mode) & 0o777,
+                               st.st_mtime_ns, hashes))
+        if progress is not None:
+            progress(st.st_size)
     _store_hashes(db, fresh)
-    return Offered(Manifest(files, dirs), sources, skipped)
+    return Offered(Manifest(files, dirs), [local for local, _, _ in found], skipped)
 
 
 def _walk(root: str, top: str, root_st: os.stat_result,

@@ -76,8 +76,12 @@ class IncomingFiles:
     """The files of one incoming transfer, under ``dest``."""
 
     def __init__(self, dest: Path, transfer: bytes, manifest: Manifest,
-                 roots: dict[str, str]) -> None:
+                 roots: dict[str, str], durable: bool = False) -> None:
         self.dest = dest
+        # Each file reaches the disk (fsync) before it gets its name, and every folder
+        # when the transfer ends; otherwise a power cut soon after can leave a file
+        # empty under its final name (as after cp, scp or rsync).
+        self.durable = durable
         self.transfer = transfer
         self.manifest = manifest
         self.roots = dict(roots)  # offered top-level folder name -> name used in dest
@@ -223,10 +227,59 @@ class IncomingFiles:
         results: list[tuple[bytes, str | None] | FileDamaged] = []
         for file, chunk, pieces, expected in items:
             try:
-                results.append(self.write_last(file, chunk, 0, pieces, expected))
+                if self.manifest.files[file].chunks == 1:
+                    results.append(self._write_whole(file, pieces, expected))
+                else:
+                    results.append(self.write_last(file, chunk, 0, pieces, expected))
             except FileDamaged as exc:
                 results.append(exc)
         return results
+
+    def _write_whole(self, file: int, pieces: list[memoryview], expected: bytes
+                     ) -> tuple[bytes, str | None]:
+        """A one-chunk file, all of it in ``pieces``: hashed, written, finished, renamed.
+
+        The short way for small files (`write_last` + `finish` do the same through the
+        caches that large files need): seven system calls and little else per file.
+        Bytes that do not hash as ``expected`` are not written at all.
+        """
+        hasher = blake3.blake3()
+        for piece in pieces:
+            hasher.update(piece)
+        digest = hasher.digest()
+        if digest != expected:
+            return digest, None
+        entry = self.manifest.files[file]
+        parts = self._mapped(self._parts[file])
+        dir_fd = self._dir_fd(parts[:-1])
+        partial = partial_name(self.transfer, file)
+        try:
+            # O_TRUNC: what an earlier run left in the partial file was never verified.
+            fd = os.open(partial, _FILE_FLAGS | os.O_TRUNC, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            raise _os_error(exc, f"cannot create {entry.path!r}", self.dest) from exc
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise TransferError("a partial file is not a regular file")
+            position = 0
+            while pieces:
+                n = os.pwritev(fd, pieces, position)
+                position += n
+                while pieces and n >= len(pieces[0]):
+                    n -= len(pieces[0])
+                    pieces.pop(0)
+                if pieces and n:
+                    pieces[0] = pieces[0][n:]
+            os.fchmod(fd, entry.mode)
+            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            if self.durable:
+                os.fsync(fd)
+        except OSError as exc:
+            raise _os_error(exc, f"cannot write {entry.path!r}", self.dest) from exc
+        finally:
+            os.close(fd)
+        final = self._rename_into_place(dir_fd, partial, parts[-1], entry.path)
+        return digest, "/".join((*parts[:-1], final))
 
     def abort_chunks(self) -> None:
         """The sender went away mid-chunk: what arrived of unfinished chunks is discarded."""
@@ -269,6 +322,31 @@ class IncomingFiles:
         finally:
             os.close(fd)
         return found
+
+    def leftovers(self, files: list[int]) -> tuple[set[int], set[int]]:
+        """Of ``files``, those with a partial file, and those whose final name is taken.
+
+        One listing per folder instead of two failed lookups per file: a fresh transfer
+        of 10,000 files starts without 20,000 system calls that find nothing.
+        """
+        listings: dict[tuple[str, ...], set[str]] = {}
+        partial, named = set(), set()
+        for file in files:
+            parts = self._mapped(self._parts[file])
+            folder = parts[:-1]
+            names = listings.get(folder)
+            if names is None:
+                try:
+                    names = set(os.listdir(self._dir_fd(folder)))
+                except OSError as exc:
+                    raise _os_error(exc, f"cannot list {'/'.join(folder) or '.'!r}",
+                                    self.dest) from exc
+                listings[folder] = names
+            if partial_name(self.transfer, file) in names:
+                partial.add(file)
+            if parts[-1] in names:
+                named.add(file)
+        return partial, named
 
     def placed(self, file: int) -> str | None:
         """The file's path if it is already in place, whole (renamed just before a crash,
@@ -322,6 +400,8 @@ class IncomingFiles:
                 raise FileDamaged(f"{entry.path!r} did not verify on disk; fetching it again")
             os.fchmod(fd, entry.mode)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+            if self.durable:
+                os.fsync(fd)
         except OSError as exc:
             raise _os_error(exc, f"cannot finish {entry.path!r}", self.dest) from exc
         finally:
@@ -368,7 +448,8 @@ class IncomingFiles:
         raise TransferError(f"too many files named like {name!r} in the destination")
 
     def finish_dirs(self) -> None:
-        """Folder modes and times, deepest first (writing files changed their times)."""
+        """Folder modes and times, deepest first (writing files changed their times);
+        when `durable`, the folders' entries (the files' final names) reach the disk."""
         for directory in sorted(self.manifest.dirs, key=lambda d: -d.path.count("/")):
             parts = self._mapped(check_path(directory.path))
             parent = self._dir_fd(parts[:-1])
@@ -379,8 +460,15 @@ class IncomingFiles:
             try:
                 os.fchmod(fd, directory.mode | 0o700)  # we must still be able to use it
                 os.utime(fd, ns=(directory.mtime_ns, directory.mtime_ns))
+                if self.durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
+        if self.durable:
+            try:
+                os.fsync(self._dest_fd)
+            except OSError as exc:
+                raise _os_error(exc, "cannot flush the folder", self.dest) from exc
 
     def discard(self) -> None:
         """Remove every partial file of this transfer (finished files stay)."""

@@ -57,6 +57,10 @@ _COLUMNS = ("id, direction, peer, status, note, manifest, total_bytes, file_coun
             "created_at, updated_at")
 
 
+_LIGHT_COLUMNS = _COLUMNS.replace("manifest,", "X'' AS manifest,").replace(
+    "sources,", "NULL AS sources,")
+
+
 def _record(row: tuple[Any, ...]) -> TransferRecord:
     (tid, direction, peer, status, note, manifest, total, count, sources, dest, roots,
      sent, received, verified, error, notice, created, updated) = row
@@ -80,9 +84,12 @@ class TransferStore:
              record.bytes_sent, record.bytes_received, record.verified_bytes,
              record.error, record.notice, record.created_at, record.updated_at)))
 
-    def get(self, tid: bytes) -> TransferRecord | None:
+    def get(self, tid: bytes, light: bool = False) -> TransferRecord | None:
+        """A transfer; ``light``: without its manifest and source paths (empty), which
+        are megabytes for many files and not needed to show progress."""
+        columns = _LIGHT_COLUMNS if light else _COLUMNS
         row = self.db.call(lambda c: c.execute(
-            f"SELECT {_COLUMNS} FROM transfers WHERE id = ?", (tid,)).fetchone())
+            f"SELECT {columns} FROM transfers WHERE id = ?", (tid,)).fetchone())
         return _record(row) if row else None
 
     def all(self) -> list[TransferRecord]:

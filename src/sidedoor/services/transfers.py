@@ -50,7 +50,7 @@ from sidedoor.identity import PublicIdentity
 from sidedoor.names import clean_name
 from sidedoor.net.connection import ChannelClosedError, ChannelStream
 from sidedoor.proto import transfer as wire
-from sidedoor.proto.framing import MESSAGE_HEADER, encode_message
+from sidedoor.proto.framing import encode_message
 from sidedoor.proto.transfer_receiver import Receiver
 from sidedoor.services.file_hashing import Offered, build_manifest
 from sidedoor.services.file_reader import SourceFiles
@@ -73,6 +73,7 @@ FLUSH_INTERVAL = 0.25
 REACH_TIMEOUT = 10.0
 RETRY_MAX = 30.0
 MAX_QUEUED_REQUESTS = 4096
+IDLE_PULL_TIMEOUT = 3600.0  # a receiver may wait this long between requests (a paused UI)
 FREE_SPACE_MARGIN = 16 << 20
 # What one contact may leave waiting for an answer here: a peer that floods offers is
 # told no before its manifests fill the database.
@@ -80,6 +81,7 @@ MAX_WAITING_OFFERS = 64
 MAX_WAITING_OFFER_BYTES = 256 << 20
 SETTING_DOWNLOADS = "downloads"
 SETTING_AUTO_ACCEPT = "auto-accept"
+SETTING_FSYNC = "fsync"  # "on": each received file is on disk before it gets its name
 
 
 def default_downloads() -> Path:
@@ -313,13 +315,14 @@ class Transfers:
         names = {c.identity: c.petname for c in await self._db(self.node.contacts.all)}
         return [self.describe(r, names) for r in records]
 
-    async def get(self, query: str) -> TransferRecord:
-        """A transfer by its id or the start of it (as `transfers` shows it)."""
+    async def get(self, query: str, light: bool = False) -> TransferRecord:
+        """A transfer by its id or the start of it (as `transfers` shows it); ``light``:
+        without its manifest and sources (`TransferStore.get`)."""
         query = query.strip().lower()
         if len(query) < 4 or any(c not in "0123456789abcdef" for c in query):
             raise TransferError(f"{query!r} is not a transfer id (see `sidedoor transfers`)")
         if len(query) == 2 * wire.TRANSFER_ID_LEN:
-            found = await self._db(self.store.get, bytes.fromhex(query))
+            found = await self._db(self.store.get, bytes.fromhex(query), light)
             if found is not None:
                 return found
         matches = [tid for tid in await self._db(self.store.ids) if tid.hex().startswith(query)]
@@ -327,12 +330,15 @@ class Transfers:
             raise TransferError(f"no transfer {query}; `sidedoor transfers` lists them")
         if len(matches) > 1:
             raise TransferError(f"{query} matches several transfers; give more of the id")
-        record = await self._db(self.store.get, matches[0])
+        record = await self._db(self.store.get, matches[0], light)
         assert record is not None
         return record
 
     async def describe_one(self, query: str) -> dict[str, Any]:
-        record = await self.get(query)
+        # Polled while a transfer runs: the manifest is read only until its names are known.
+        record = await self.get(query, light=True)
+        if record.id not in self._tops:
+            record = await self.get(record.hex)
         return self.describe(record, {record.peer: await self._contact_name(record.peer)})
 
     async def _set_status(self, record: TransferRecord, status: str, **fields: Any) -> None:
@@ -496,22 +502,33 @@ class Transfers:
         last_save = time.monotonic()
 
         async def read_requests() -> None:
+            reader = wire.PullReader(with_data=False)
             while True:
-                raw = await stream.read_message(wire.MAX_CONTROL_MESSAGE, timeout=3600)
-                if raw is None:
+                try:
+                    async with asyncio.timeout(IDLE_PULL_TIMEOUT):
+                        data = await stream.read()
+                except TimeoutError:
+                    raise PeerTimeout("the receiver asked for nothing for "
+                                      f"{IDLE_PULL_TIMEOUT:g} s") from None
+                if not data:
+                    if reader.mid_message:
+                        raise ChannelClosedError("the receiver stopped in the middle of a "
+                                                 "request")
                     requests.put_nowait(None)
                     return
-                message = wire.decode_pull(raw)
-                if isinstance(message, wire.ChunkRequest):
-                    wire.check_request(manifest, message)
-                    if requests.qsize() >= MAX_QUEUED_REQUESTS:
-                        raise MessageError("the receiver asked for too many chunks at once")
-                    requests.put_nowait(message)
-                elif isinstance(message, wire.Cancel):
-                    requests.put_nowait(None)
-                    return
-                else:
-                    raise MessageError("the receiver sent file data on a pull channel")
+                # One read carries many requests: they are judged and queued together.
+                for message in reader.feed(data):
+                    if isinstance(message, wire.ChunkRequest):
+                        wire.check_request(manifest, message)
+                        if requests.qsize() >= MAX_QUEUED_REQUESTS:
+                            raise MessageError("the receiver asked for too many chunks at "
+                                               "once")
+                        requests.put_nowait(message)
+                    elif isinstance(message, wire.Cancel):
+                        requests.put_nowait(None)
+                        return
+                    else:
+                        raise MessageError("the receiver sent file data on a pull channel")
 
         async def read_disk() -> None:
             # (file, chunk, offset in chunk, length, chunk size) pieces, a batch at a time,
@@ -785,8 +802,10 @@ class Transfers:
         progress = _Progress(record.bytes_received)
         writer: IncomingFiles | None = None
         try:
+            assert self.node.db is not None
+            durable = await self._db(self.node.db.get_setting, SETTING_FSYNC, "off") == "on"
             writer = await on_thread(IncomingFiles, Path(record.dest), tid, manifest,
-                                     record.roots)
+                                     record.roots, durable)
             roots = await on_thread(writer.claim_roots)
             if roots != record.roots:
                 await self._db(functools.partial(self.store.update, tid, roots=roots))
@@ -873,16 +892,17 @@ class Transfers:
         hash right, and whole files already renamed into place."""
         found: set[tuple[int, int]] = set()
         placed: dict[int, str] = {}
-        for f, entry in enumerate(manifest.files):
-            if f in finished:
-                continue
+        partial, named = writer.leftovers(
+            [f for f in range(len(manifest.files)) if f not in finished])
+        for f in sorted(partial | named):
+            entry = manifest.files[f]
             missing = [c for c in range(entry.chunks) if (f, c) not in verified]
-            if len(missing) == entry.chunks:
+            if len(missing) == entry.chunks and f in named and f not in partial:
                 path = writer.placed(f)
                 if path is not None:
                     placed[f] = path
                     continue
-            if missing:
+            if missing and f in partial:
                 found.update((f, c) for c in writer.recover(f, missing))
         return found, placed
 
@@ -930,69 +950,75 @@ class Transfers:
                 events.put_nowait(("files", items, on_thread(writer.write_files, items)))
 
         async def read_chunks() -> None:
-            nonlocal last_data, mid_chunk, flush_due
+            nonlocal last_data, mid_chunk
+            reader = wire.PullReader(with_data=True)
+            # The chunk being received: its header, size, bytes so far, where the
+            # pieces not yet handed to the writer start, and those pieces.
+            header: wire.ChunkHeader | None = None
+            size = got = offset = pending = 0
+            pieces: list[memoryview] = []
             try:
                 while True:
-                    head = await stream.read_exactly_or_eof(MESSAGE_HEADER.size)
-                    if head is None:
-                        raise ChannelClosedError("the sender ended the transfer channel")
-                    (length,) = MESSAGE_HEADER.unpack(head)
-                    if length > wire.MAX_CONTROL_MESSAGE:
-                        raise MessageError(f"the sender sent a {length}-byte message")
-                    mid_chunk = True
-                    raw = await stream.read_exactly(length)
-                    last_data = loop.time()
-                    message = wire.decode_pull(raw)
-                    if isinstance(message, wire.Cancel):
-                        reason = clean_name(message.reason, wire.MAX_REASON_LEN)
-                        raise TransferError(f"the sender stopped the transfer: {reason}")
-                    if not isinstance(message, wire.ChunkHeader):
-                        raise MessageError("the sender sent a chunk request")
-                    size = machine.on_header(message)
-                    got = offset = pending = 0
-                    pieces: list[memoryview] = []
-                    while got < size:
-                        data = await stream.read(size - got)
-                        last_data = loop.time()
-                        if not data:
+                    data = await stream.read()
+                    if not data:
+                        if reader.mid_message:
                             raise ChannelClosedError("the sender stopped in the middle of a "
                                                      "chunk")
-                        pieces.append(data)
-                        got += len(data)
-                        pending += len(data)
-                        progress.bytes_received += len(data)
+                        raise ChannelClosedError("the sender ended the transfer channel")
+                    last_data = loop.time()
+                    # One read may hold many small files' headers and bytes.
+                    for item in reader.feed(data):
+                        if not isinstance(item, memoryview):
+                            if isinstance(item, wire.Cancel):
+                                reason = clean_name(item.reason, wire.MAX_REASON_LEN)
+                                raise TransferError(
+                                    f"the sender stopped the transfer: {reason}")
+                            if not isinstance(item, wire.ChunkHeader):
+                                raise MessageError("the sender sent a chunk request")
+                            size = machine.on_header(item)
+                            header = item
+                            got = offset = pending = 0
+                            pieces = []
+                            continue
+                        assert header is not None  # the reader gives bytes after a header
+                        pieces.append(item)
+                        got += len(item)
+                        pending += len(item)
+                        progress.bytes_received += len(item)
                         if pending >= PIECE or got == size:
-                            last = got == size
-                            if last and machine.chunks_left(message.file) == 1:
-                                # Its file's last chunk: write, verify and rename in one trip.
-                                expected = manifest.files[message.file].hash_of(message.chunk)
-                                if offset == 0:
-                                    small.append((message.file, message.chunk, pieces,
-                                                  expected))
-                                    if len(small) >= SMALL_BATCH:
-                                        flush_small()
-                                    elif not flush_due:
-                                        # Runs when this reader next waits for data.
-                                        flush_due = True
-                                        loop.call_soon(flush_small)
-                                else:
-                                    flush_small()
-                                    fut = on_thread(writer.write_last, message.file,
-                                                    message.chunk, offset, pieces, expected)
-                                    events.put_nowait(("file", message.file, message.chunk,
-                                                       fut, expected))
-                            else:
-                                flush_small()
-                                fut = on_thread(writer.write, message.file, message.chunk,
-                                                offset, pieces, last)
-                                events.put_nowait(("piece", message.file, message.chunk, fut,
-                                                   last))
+                            hand_over(header, pieces, offset, got == size)
                             offset += pending
                             pending = 0
                             pieces = []
-                    mid_chunk = False
+                    mid_chunk = reader.mid_message
             except Exception as exc:
                 events.put_nowait(("error", exc))
+
+        def hand_over(message: wire.ChunkHeader, pieces: list[memoryview], offset: int,
+                      last: bool) -> None:
+            """Pieces of a chunk to the writer's thread, small whole files in batches."""
+            nonlocal flush_due
+            if last and machine.chunks_left(message.file) == 1:
+                # Its file's last chunk: write, verify and rename in one trip.
+                expected = manifest.files[message.file].hash_of(message.chunk)
+                if offset == 0:
+                    small.append((message.file, message.chunk, pieces, expected))
+                    if len(small) >= SMALL_BATCH:
+                        flush_small()
+                    elif not flush_due:
+                        # Runs when this reader next waits for data.
+                        flush_due = True
+                        loop.call_soon(flush_small)
+                else:
+                    flush_small()
+                    fut = on_thread(writer.write_last, message.file, message.chunk, offset,
+                                    pieces, expected)
+                    events.put_nowait(("file", message.file, message.chunk, fut, expected))
+            else:
+                flush_small()
+                fut = on_thread(writer.write, message.file, message.chunk, offset, pieces,
+                                last)
+                events.put_nowait(("piece", message.file, message.chunk, fut, last))
 
         async def watchdog() -> None:
             # One timer for the whole channel, not one per read: a sender owing us data
