@@ -180,6 +180,7 @@ class Courier:
     async def _stored(self, items: Iterable[OutItem]) -> None:
         """Wait until these frames' rows exist, before recording what became of them."""
         waits = {self._ready.pop(i.ref) for i in items if i.ref in self._ready}
+        waits = {w for w in waits if not w.done()}  # the usual case: all stored by now
         if waits:
             # wait, not gather: a cancelled wait must not cancel these futures, which
             # `Chat.send` (an API request) awaits too.
@@ -270,9 +271,9 @@ class Courier:
             return False
         if wake:
             self._wake = asyncio.get_running_loop().create_future()
+            waits: list[asyncio.Future[Any]] = [*inflight, self._wake]
             try:
-                await asyncio.wait([*inflight, self._wake],
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 self._wake = None
             done = {task for task in inflight if task.done()}
@@ -712,6 +713,10 @@ class Chat:
                 batch.append(frame)
             if batch:
                 replies = await self.receive(remote, batch, "direct")
+                if self.watched:
+                    # One loop turn for the event streams to write first: someone is
+                    # looking at them, while the answer only settles the sender's outbox.
+                    await asyncio.sleep(0)
                 await stream.write(b"".join(encode_message(wire.encode(r)) for r in replies))
         stream.end()
 
@@ -765,7 +770,8 @@ class Chat:
                     raise MessageError(f"{type(frame).__name__} is not a request")
         if to_store:
             new: list[StoredMessage] = await self.db_short(
-                len(to_store), self.store.store_incoming, [(m, conv) for _, m, conv in to_store], now)
+                len(to_store), self.store.store_incoming,
+                [(m, conv) for _, m, conv in to_store], now)
             if new:
                 self.stored()
             for i, msg, _ in to_store:
