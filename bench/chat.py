@@ -15,9 +15,13 @@ Measures
     /proc, the sender's process time, which includes this script's loop).
 
 The control API's own round trip (GET /v1/status) is measured alongside, as the
-floor under the chat round trip. Next to them, the same measures for a plain
-asyncio TCP echo of 100-byte messages between two processes (no encryption, no
-storage): the ceiling any chat over Python sockets has here. Only 127.0.0.1 is used.
+floor under the chat round trip. The round trips are timed with a bare HTTP/1.1
+client (one keep-alive connection, `LeanHTTP`) rather than aiohttp's: aiohttp's
+client spends some 0.15 ms of CPU a request on this machine, which is the
+instrument's cost, not the node's; ``--aiohttp-client`` times with it instead.
+Next to them, the same measures for a plain asyncio TCP echo of 100-byte messages
+between two processes (no encryption, no storage): the ceiling any chat over Python
+sockets has here. Only 127.0.0.1 is used.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -59,20 +64,119 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * p))]
 
 
+# ------------------------------------------------------- a bare HTTP client
+
+class LeanHTTP(asyncio.Protocol):
+    """The control API over one keep-alive HTTP/1.1 connection, one request at a time,
+    or (`events`) its event stream: as little client work as HTTP allows."""
+
+    def __init__(self, home: Path) -> None:
+        info = json.loads((home / "control.json").read_text())
+        self.port, self.token = int(info["port"]), str(info["token"])
+        self.buf = bytearray()
+        self.answer: asyncio.Future[Any] | None = None
+        self.on_event: Any = None
+        self.streaming = False
+
+    async def open(self) -> LeanHTTP:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_connection(lambda: self, HOST, self.port)
+        sock = transport.get_extra_info("socket")
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+        return self
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def _request(self, method: str, path: str, body: bytes) -> None:
+        self.transport.write(
+            f"{method} {path} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+            f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+
+    async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        self.answer = asyncio.get_running_loop().create_future()
+        self._request(method, path, b"" if body is None else json.dumps(body).encode())
+        return await asyncio.wait_for(self.answer, 10)
+
+    async def events(self, on_event: Any) -> None:
+        """Follow the event stream, calling ``on_event(event)`` for each."""
+        self.on_event, self.streaming = on_event, True
+        self._request("GET", "/v1/events", b"")
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        if self.streaming:
+            self._stream()
+            return
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buf[:end]).lower()
+        size = 0
+        for line in head.split(b"\r\n"):
+            if line.startswith(b"content-length:"):
+                size = int(line[15:])
+        if len(buf) < end + 4 + size:
+            return
+        body = bytes(buf[end + 4 : end + 4 + size])
+        del buf[: end + 4 + size]
+        status = int(head[9:12])
+        if self.answer is not None and not self.answer.done():
+            if status >= 400:
+                self.answer.set_exception(RuntimeError(f"HTTP {status}: {body!r}"))
+            else:
+                self.answer.set_result(json.loads(body))
+
+    def _stream(self) -> None:
+        """Chunked transfer of SSE text; every chunk the node writes is one whole event."""
+        buf = self.buf
+        if buf.startswith(b"HTTP/"):
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del buf[: end + 4]
+        while True:
+            line_end = buf.find(b"\r\n")
+            if line_end < 0:
+                return
+            size = int(buf[:line_end], 16)
+            if len(buf) < line_end + 2 + size + 2:
+                return
+            chunk = bytes(buf[line_end + 2 : line_end + 2 + size])
+            del buf[: line_end + 2 + size + 2]
+            for line in chunk.split(b"\n"):
+                if line.startswith(b"data: "):
+                    self.on_event(json.loads(line[6:]))
+
+
 # ------------------------------------------------------------------ sidedoor
 
 async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, count: int,
-                       pids: tuple[int, int]) -> tuple[list[float], list[float], list[float]]:
+                       pids: tuple[int, int], lean: bool = True
+                       ) -> tuple[list[float], list[float], list[float]]:
     """Chat round trips, (the floor under them) bare control API round trips, and the
     CPU time per round trip of the sender and receiver nodes (status calls included)."""
-    async with ControlClient(sender) as a, ControlClient(receiver) as b:
+    if lean:
+        a_lean = await LeanHTTP(sender).open()
+        b_lean = await LeanHTTP(receiver).open()
+    async with ControlClient(sender) as a_aio, ControlClient(receiver) as b_aio:
         seen: asyncio.Queue[tuple[str, float]] = asyncio.Queue()
 
-        async def follow() -> None:
-            async for event in b.events():
-                if event["type"] == "chat.message":
-                    seen.put_nowait((event["message"]["text"], time.perf_counter()))
+        def on_event(event: dict[str, Any]) -> None:
+            if event["type"] == "chat.message":
+                seen.put_nowait((event["message"]["text"], time.perf_counter()))
 
+        async def follow() -> None:
+            if lean:
+                await b_lean.events(on_event)
+                return
+            async for event in b_aio.events():
+                on_event(event)
+
+        a: LeanHTTP | ControlClient = a_lean if lean else a_aio
         watcher = asyncio.get_running_loop().create_task(follow())
         await asyncio.sleep(0.3)
         path = f"/v1/chat/conversations/{receiver_address}/messages"
@@ -97,6 +201,9 @@ async def rtt_sidedoor(sender: Path, receiver: Path, receiver_address: str, coun
                     api_times.append(time.perf_counter() - t2)
         finally:
             watcher.cancel()
+            if lean:
+                a_lean.close()
+                b_lean.close()
         cpu = [(proc_cpu(pid) - c) / count for pid, c in zip(pids, cpu0, strict=True)]
         return times, api_times, cpu
 
@@ -191,6 +298,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rtt", type=int, default=1000, help="round trips to time")
     parser.add_argument("--messages", type=int, default=20000, help="messages for throughput")
+    parser.add_argument("--aiohttp-client", action="store_true",
+                        help="time round trips with aiohttp's client (the CLI's) instead")
     parser.add_argument("--role", default="main", help=argparse.SUPPRESS)
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -212,7 +321,8 @@ def main() -> None:
             bob_status: dict[str, Any] = json.loads(sd(bob, "status", "--json"))
             alice_pid = int(json.loads(sd(alice, "status", "--json"))["pid"])
             rtts, api, rtt_cpu = asyncio.run(rtt_sidedoor(
-                alice, bob, bob_status["address"], args.rtt, (alice_pid, int(bob_status["pid"]))))
+                alice, bob, bob_status["address"], args.rtt, (alice_pid, int(bob_status["pid"])),
+                lean=not args.aiohttp_client))
             # Throughput: Alice's node, now in this process, writes to Bob (a real process).
             sd(alice, "down")
             tput = asyncio.run(throughput_sidedoor(alice, int(bob_status["pid"]),

@@ -88,3 +88,66 @@ async def test_run_uses_the_database_thread(tmp_path: Path) -> None:
         assert name.startswith("sidedoor-db")
     finally:
         db.close()
+
+
+async def test_run_short_runs_on_the_calling_thread_when_idle(tmp_path: Path) -> None:
+    import threading
+
+    db = Database(tmp_path)
+    try:
+        def probe() -> tuple[str, int]:
+            (pages,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            return threading.current_thread().name, pages
+
+        name, pages = await db.run_short(probe)
+        assert name == threading.current_thread().name  # no hop to the database thread
+        assert pages == 0  # no checkpoint (and its fsync) on the event loop...
+        (after,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert after == dbmod.WAL_AUTOCHECKPOINT  # ...and back to normal after
+        await db.run_short(db.set_setting, "k", "v")
+        assert await db.run(db.get_setting, "k") == "v"
+    finally:
+        db.close()
+
+
+async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> None:
+    import asyncio
+    import threading
+
+    db = Database(tmp_path)
+    order: list[tuple[str, str]] = []
+    release = threading.Event()
+
+    def slow() -> None:
+        release.wait(5)
+        order.append(("slow", threading.current_thread().name))
+
+    def short() -> None:
+        order.append(("short", threading.current_thread().name))
+
+    try:
+        first = asyncio.ensure_future(db.run(slow))
+        await asyncio.sleep(0)  # the slow call is on the thread now
+        second = asyncio.ensure_future(db.run_short(short))
+        await asyncio.sleep(0.05)
+        assert order == []  # the short call did not jump the queue
+        release.set()
+        await asyncio.gather(first, second)
+        assert [what for what, _ in order] == ["slow", "short"]
+        assert order[1][1].startswith("sidedoor-db")  # it went the long way
+    finally:
+        release.set()
+        db.close()
+
+
+async def test_run_short_errors_are_storage_errors(tmp_path: Path) -> None:
+    db = Database(tmp_path)
+    try:
+        with pytest.raises(StorageError, match="database error"):
+            await db.run_short(lambda: db.conn.execute("SELEKT 1"))
+        (after,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        assert after == dbmod.WAL_AUTOCHECKPOINT
+        # The lock was released: the thread can still use the database.
+        await db.run(db.set_setting, "k", "v")
+    finally:
+        db.close()

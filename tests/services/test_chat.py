@@ -454,3 +454,40 @@ async def test_mail_delivery_is_answered_with_a_receipt(node_factory: NodeFactor
     async def delivered() -> bool:
         return (await history(alice, bob.public.key))[0].state == "delivered"
     await until(delivered)  # Bob's receipt came back over a session
+
+
+async def test_a_new_message_does_not_wait_for_answers_to_earlier_ones(
+        node_factory: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sidedoor.services import chat as chat_service
+
+    alice, bob = await pair(node_factory)
+    release = asyncio.Event()
+    real_receive = bob.chat.receive
+
+    async def slow_receive(*args: Any) -> list[wire.Frame]:
+        await release.wait()  # Bob sits on his answer until told
+        return await real_receive(*args)
+
+    monkeypatch.setattr(bob.chat, "receive", slow_receive)
+    writes: list[int] = []
+    real_send = chat_service.Link.send
+
+    async def counting_send(self: chat_service.Link, items: list[tuple[bytes, bytes]]) -> Any:
+        writes.append(len(items))
+        return await real_send(self, items)
+
+    monkeypatch.setattr(chat_service.Link, "send", counting_send)
+
+    async def written(n: int) -> bool:
+        return len(writes) >= n
+
+    await alice.chat.send(bob.public.key, "one")
+    await until(lambda: written(1), timeout=5)
+    await alice.chat.send(bob.public.key, "two")
+    await until(lambda: written(2), timeout=5)  # sent while "one" is still unanswered
+    release.set()
+
+    async def delivered() -> bool:
+        return [m.state for m in await history(alice, bob.public.key)] == ["delivered"] * 2
+    await until(delivered)
+    assert [m.text for m in await history(bob, alice.public.key)] == ["one", "two"]

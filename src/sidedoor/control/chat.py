@@ -33,6 +33,7 @@ reason}, ``presence.changed`` {address, online, last_seen}, ``room.changed`` {ro
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any
 
 from aiohttp import web
@@ -57,6 +58,10 @@ def add_routes(app: web.Application, node: Node, read_json: Any) -> None:
     app.router.add_get("/v1/chat/rooms", routes.rooms)
     app.router.add_post("/v1/chat/rooms", routes.create_room)
     app.router.add_post("/v1/chat/rooms/{room}/{action}", routes.room_action)
+
+
+# Scripts and the web UI name a conversation by the same address request after request.
+_address_key = functools.lru_cache(maxsize=1024)(decode_address)
 
 
 def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
@@ -94,7 +99,7 @@ class ChatRoutes:
     async def _resolve(self, who: str) -> tuple[bytes, str]:
         # Scripts and the web UI name conversations by address or room id: no SQL then.
         with contextlib.suppress(InvalidAddress):
-            key = decode_address(who)
+            key = _address_key(who)
             if self.node.standing(key) == "contact":
                 return key, "direct"
         if len(who) == 2 * wire.ID_LEN:

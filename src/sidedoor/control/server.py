@@ -221,7 +221,9 @@ class ControlServer:
             await response.write(b": connected\n\n")
             while True:
                 try:
-                    event = await asyncio.wait_for(queue.get(), SSE_KEEPALIVE)
+                    # asyncio.timeout, not wait_for: wait_for makes a task per event.
+                    async with asyncio.timeout(SSE_KEEPALIVE):
+                        event = await queue.get()
                 except TimeoutError:
                     await response.write(b": keepalive\n\n")
                     continue

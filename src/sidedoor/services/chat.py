@@ -75,6 +75,7 @@ CATCH_UP_PARALLEL = 8
 RETRY_FIRST = 2.0        # an unreachable peer is tried again after this, doubling...
 RETRY_MAX = 300.0        # ...up to this
 INDEX_DELAY = 1.0        # new messages join the search index in bulk, this long after
+SHORT_WRITE = 64         # writes of up to this many messages may run on the loop (db_short)
 
 
 def now_ms() -> int:
@@ -157,6 +158,9 @@ class Courier:
         self._retry: asyncio.TimerHandle | None = None
         # Frames sent before their own transaction ended: ref -> when it is stored.
         self._ready: dict[bytes, asyncio.Future[None]] = {}
+        # Set while the courier waits for answers with nothing to send: a push (or a
+        # flush) resolves it, so a new message goes at once, not after those answers.
+        self._wake: asyncio.Future[None] | None = None
 
     def push(self, items: Iterable[OutItem], ready: asyncio.Future[None] | None = None
              ) -> None:
@@ -167,12 +171,20 @@ class Courier:
                 if ready is not None:
                     self._ready[item.ref] = ready
         self._start()
+        self._poke()
+
+    def _poke(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     async def _stored(self, items: Iterable[OutItem]) -> None:
         """Wait until these frames' rows exist, before recording what became of them."""
         waits = {self._ready.pop(i.ref) for i in items if i.ref in self._ready}
+        waits = {w for w in waits if not w.done()}  # the usual case: all stored by now
         if waits:
-            await asyncio.gather(*waits, return_exceptions=True)
+            # wait, not gather: a cancelled wait must not cancel these futures, which
+            # `Chat.send` (an API request) awaits too.
+            await asyncio.wait(waits)
 
     def flush(self) -> None:
         """Send everything in the database's outbox for this peer."""
@@ -183,6 +195,7 @@ class Courier:
             return
         self.reload = True
         self._start()
+        self._poke()
 
     def _retry_later(self) -> None:
         self.backoff = min(RETRY_MAX, max(RETRY_FIRST, self.backoff * 2))
@@ -198,16 +211,22 @@ class Courier:
         chat = self.chat
         # Batches written whose answers are awaited: a few at once keep the pipe full.
         inflight: set[asyncio.Task[list[OutItem]]] = set()
+        again = False
         try:
             for _ in range(MAX_COURIER_ROUNDS):
-                if not self.queue and inflight and await self._answered(inflight, every=True):
+                if not self.queue and inflight and await self._answered(
+                        inflight, every=True, wake=True):
                     continue
                 if not self.queue and self.reload:
                     self.reload = False
                     stored = await chat.db_run(chat.store.outbox, self.peer, BATCH)
                     self.push(stored)
                     self.reload = len(stored) == BATCH
-                if not self.queue or chat.stopping:
+                if chat.stopping:
+                    return
+                if not self.queue:
+                    if inflight:
+                        continue  # woken with nothing new: wait for the answers again
                     return
                 try:
                     link = await chat.link(self.peer)
@@ -229,25 +248,44 @@ class Courier:
                 inflight.add(asyncio.ensure_future(self._settle(batch, fut)))
                 if len(inflight) >= MAX_IN_FLIGHT:
                     await self._answered(inflight, every=False)
+            else:
+                # The bound on rounds ends a long busy stretch: let what is in flight be
+                # answered, then carry on in a fresh run.
+                await self._answered(inflight, every=True)
+                again = True
         except Exception:
             log.exception("chat courier for %s failed", PublicIdentity(self.peer).short)
         finally:
             for task in inflight:
                 task.cancel()
             self.running = False
+        if again and (self.queue or self.reload) and not chat.stopping:
+            self._start()
 
-    async def _answered(self, inflight: set[asyncio.Task[list[OutItem]]], *, every: bool
-                        ) -> bool:
-        """Wait for one (or every) batch in flight to be answered and settled; if some
-        frames went unanswered, wait for the rest, mail and park. True if it parked."""
+    async def _answered(self, inflight: set[asyncio.Task[list[OutItem]]], *, every: bool,
+                        wake: bool = False) -> bool:
+        """Wait for one (or every) batch in flight to be answered and settled (with
+        ``wake``: or for something new to send); if some frames went unanswered, wait
+        for the rest, mail and park. True if it parked."""
         if not inflight:
             return False
-        done, _ = await asyncio.wait(
-            inflight, return_when=asyncio.ALL_COMPLETED if every else asyncio.FIRST_COMPLETED)
+        if wake:
+            self._wake = asyncio.get_running_loop().create_future()
+            waits: list[asyncio.Future[Any]] = [*inflight, self._wake]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                self._wake = None
+            done = {task for task in inflight if task.done()}
+        else:
+            done, _ = await asyncio.wait(
+                inflight,
+                return_when=asyncio.ALL_COMPLETED if every else asyncio.FIRST_COMPLETED)
         inflight.difference_update(done)
         unanswered = [item for task in done for item in task.result()]
         if not unanswered:
-            self.backoff = 0.0
+            if done:
+                self.backoff = 0.0
             return False
         if inflight:
             done, _ = await asyncio.wait(inflight)
@@ -283,8 +321,8 @@ class Courier:
                 else:
                     refused.append((item.ref, answer.reason or "refused"))
         try:
-            delivered, failed = await chat.db_run(chat.store.settle, self.peer, stored,
-                                                  refused, now_ms())
+            delivered, failed = await chat.db_short(len(batch), chat.store.settle, self.peer,
+                                                    stored, refused, now_ms())
         except SidedoorError as exc:
             log.warning("chat: could not record answers from %s: %s",
                         PublicIdentity(self.peer).short, exc)
@@ -333,21 +371,25 @@ class _Batcher:
         self.running = False
 
     def submit(self, msg: Message, outbox: list[tuple[bytes, bytes]]) -> asyncio.Future[None]:
-        """Queue a message for the next transaction; the future says when it is stored."""
+        """Queue a message for the next transaction; the future says when it is stored.
+        Call `start` after handing the frames to the couriers: tasks run in the order
+        they are made, so the frames leave before the transaction holds the loop."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.pending.append(((msg, outbox), fut))
-        if not self.running:
+        return fut
+
+    def start(self) -> None:
+        if not self.running and self.pending:
             self.running = True
             self.chat.spawn(self._run())
-        return fut
 
     async def _run(self) -> None:
         try:
             while self.pending:
                 batch, self.pending = self.pending, []
                 try:
-                    await self.chat.db_run(self.chat.store.store_outgoing,
-                                           [item for item, _ in batch], now_ms())
+                    await self.chat.db_short(len(batch), self.chat.store.store_outgoing,
+                                             [item for item, _ in batch], now_ms())
                     self.chat.stored()
                 except BaseException as exc:
                     for _, fut in batch:
@@ -377,7 +419,10 @@ class Chat:
         self._links: dict[bytes, Link] = {}
         self._link_locks: dict[bytes, asyncio.Lock] = {}
         self._clocks: dict[bytes, _Clock] = {}
-        self._clock_lock = asyncio.Lock()
+        # A conversation's clock being read from the database: every sender waiting for
+        # it resumes at once (a lock would let them through one loop turn at a time,
+        # and the messages of a burst would be stored one transaction each).
+        self._clock_loads: dict[bytes, asyncio.Future[_Clock]] = {}
         self.rooms: dict[bytes, Room] = {}
         self._online: dict[bytes, set[Connection]] = {}
         self._batcher = _Batcher(self)
@@ -446,6 +491,15 @@ class Chat:
 
     async def db_run(self, fn: Any, *args: Any) -> Any:
         assert self.node.db is not None
+        return await self.node.db.run(fn, *args)
+
+    async def db_short(self, rows: int, fn: Any, *args: Any) -> Any:
+        """A write on the path of every message: for a few rows, `Database.run_short`
+        (no hop to the database thread when it is idle: the hop, not the SQL, was most
+        of a message's latency); for bulk, the thread."""
+        assert self.node.db is not None
+        if rows <= SHORT_WRITE:
+            return await self.node.db.run_short(fn, *args)
         return await self.node.db.run(fn, *args)
 
     def stored(self) -> None:
@@ -534,16 +588,33 @@ class Chat:
     async def _next_stamp(self, conversation: bytes) -> tuple[int, int]:
         clock = self._clocks.get(conversation)
         if clock is None:
-            async with self._clock_lock:
-                clock = self._clocks.get(conversation)
-                if clock is None:
-                    seq, newest = await self.db_run(self.store.clock, conversation)
-                    clock = self._clocks[conversation] = _Clock(seq, newest)
+            clock = await self._load_clock(conversation)
         seq = clock.next_seq
         clock.next_seq += 1
         sent_at = wire.next_sent_at(now_ms(), clock.newest_at)
         clock.newest_at = sent_at
         return seq, sent_at
+
+    async def _load_clock(self, conversation: bytes) -> _Clock:
+        loading = self._clock_loads.get(conversation)
+        if loading is not None:
+            return await asyncio.shield(loading)
+        loading = self._clock_loads[conversation] = (
+            asyncio.get_running_loop().create_future())
+        try:
+            seq, newest = await self.db_run(self.store.clock, conversation)
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError):
+                loading.cancel()
+            else:
+                loading.set_exception(exc)
+                loading.exception()  # retrieved: the waiters, if any, raise it
+            raise
+        finally:
+            del self._clock_loads[conversation]
+        clock = self._clocks[conversation] = _Clock(seq, newest)
+        loading.set_result(clock)
+        return clock
 
     def _new_id(self) -> bytes:
         # Random bytes fetched in bulk: one system call per 256 messages, not one each.
@@ -586,6 +657,7 @@ class Chat:
         ready = self._batcher.submit(msg, [(peer, data) for peer in recipients])
         for peer in recipients:
             self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)], ready)
+        self._batcher.start()
         await ready
         stored = StoredMessage(msg.id, conversation, self.me, self.node.display_name, seq,
                                sent_at, sent_at, sent_at, text, reply_to or None,
@@ -641,6 +713,10 @@ class Chat:
                 batch.append(frame)
             if batch:
                 replies = await self.receive(remote, batch, "direct")
+                if self.watched:
+                    # One loop turn for the event streams to write first: someone is
+                    # looking at them, while the answer only settles the sender's outbox.
+                    await asyncio.sleep(0)
                 await stream.write(b"".join(encode_message(wire.encode(r)) for r in replies))
         stream.end()
 
@@ -693,8 +769,9 @@ class Chat:
                 case _:
                     raise MessageError(f"{type(frame).__name__} is not a request")
         if to_store:
-            new: list[StoredMessage] = await self.db_run(
-                self.store.store_incoming, [(m, conv) for _, m, conv in to_store], now)
+            new: list[StoredMessage] = await self.db_short(
+                len(to_store), self.store.store_incoming,
+                [(m, conv) for _, m, conv in to_store], now)
             if new:
                 self.stored()
             for i, msg, _ in to_store:
@@ -743,8 +820,9 @@ class Chat:
     async def _on_receipt(self, sender: PublicIdentity, receipt: Receipt, now: int) -> Ack:
         if len(receipt.messages) > wire.MAX_RECEIPT_IDS:
             return Ack(receipt.id, "refused", "too many ids in one receipt")
-        changed: list[bytes] = await self.db_run(self.store.apply_receipt, sender.key,
-                                                 receipt, now)
+        changed: list[bytes] = await self.db_short(len(receipt.messages),
+                                                   self.store.apply_receipt, sender.key,
+                                                   receipt, now)
         if changed:
             kind = "chat.delivered" if receipt.state == "delivered" else "chat.read"
             conversation = (receipt.conversation if len(receipt.conversation) == wire.ID_LEN

@@ -170,11 +170,12 @@ class ChatStore:
                      for conv, (seq, newest) in clocks.items()])
                 # A direct message waits as itself (state pending); a room message waits
                 # once per member, in the outbox.
-                conn.executemany(
-                    "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    [(peer, msg.id, msg.to, frame, now)
-                     for msg, outbox in items if msg.is_room for peer, frame in outbox])
+                rows = [(peer, msg.id, msg.to, frame, now)
+                        for msg, outbox in items if msg.is_room for peer, frame in outbox]
+                if rows:
+                    conn.executemany(
+                        "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, "
+                        "created_at) VALUES (?, ?, ?, ?, ?)", rows)
         self._call(run)
 
     def queue(self, items: list[tuple[bytes, bytes, bytes | None, bytes]], now: int) -> None:
