@@ -11,11 +11,11 @@ A stranger may open only these channel kinds (and ``invite``):
 
 from __future__ import annotations
 
-from typing import Final, TypeVar
+from typing import Final
 
 import msgspec
 
-from sidedoor.errors import MessageError
+from sidedoor.proto.codec import decode as decode  # the services call wire.decode
 
 KIND_REQUEST: Final = "contact-request"
 KIND_ACCEPT: Final = "contact-accept"
@@ -48,11 +48,3 @@ def encode(message: RequestMeta | AcceptMeta | Reply) -> bytes:
     return _encoder.encode(message)
 
 
-T = TypeVar("T")
-
-
-def decode(kind: type[T], data: bytes | memoryview) -> T:
-    try:
-        return msgspec.msgpack.decode(data, type=kind)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
-        raise MessageError(f"malformed {kind.__name__}: {exc}") from exc

@@ -20,12 +20,13 @@ manifest's hash lists can be checked against its sizes before anything is writte
 from __future__ import annotations
 
 import struct
-from typing import Final, TypeVar
+from typing import Final
 
 import blake3
 import msgspec
 
 from sidedoor.errors import MessageError, UnsafeFileName
+from sidedoor.proto.codec import decode as decode  # the services call wire.decode
 from sidedoor.proto.file_names import check_path
 
 KIND_OFFER: Final = "file-offer"
@@ -156,14 +157,6 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-T = TypeVar("T")
-
-
-def decode(kind: type[T], data: bytes | memoryview) -> T:
-    try:
-        return msgspec.msgpack.decode(data, type=kind)
-    except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
-        raise MessageError(f"malformed {kind.__name__}: {exc}") from exc
 
 
 def decode_pull(data: bytes | memoryview) -> ChunkRequest | ChunkHeader | Cancel:

@@ -53,6 +53,17 @@ def _load_renameat2() -> Callable[..., int] | None:
 _renameat2 = _load_renameat2()
 
 
+def _pwrite_all(fd: int, pieces: list[memoryview], position: int) -> None:
+    """Write every piece at ``position`` on: pwritev may write less than asked."""
+    while pieces:
+        n = os.pwritev(fd, pieces, position)
+        position += n
+        while pieces and n >= len(pieces[0]):
+            n -= len(pieces[0])
+            pieces.pop(0)
+        if pieces and n:
+            pieces[0] = pieces[0][n:]
+
 class FileDamaged(TransferError):
     """A file's bytes on disk do not hash as its manifest says (fetched again)."""
 
@@ -186,18 +197,10 @@ class IncomingFiles:
         hasher = self._hashers.get((file, chunk))
         if hasher is None:
             hasher = self._hashers[(file, chunk)] = blake3.blake3()
-        position = start + offset
         for piece in pieces:
             hasher.update(piece)
         try:
-            while pieces:
-                n = os.pwritev(fd, pieces, position)
-                position += n
-                while pieces and n >= len(pieces[0]):
-                    n -= len(pieces[0])
-                    pieces.pop(0)
-                if pieces and n:
-                    pieces[0] = pieces[0][n:]
+            _pwrite_all(fd, pieces, start + offset)
         except OSError as exc:
             raise _os_error(exc, f"cannot write {self.manifest.files[file].path!r}",
                             self.dest) from exc
@@ -261,15 +264,7 @@ class IncomingFiles:
         try:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise TransferError("a partial file is not a regular file")
-            position = 0
-            while pieces:
-                n = os.pwritev(fd, pieces, position)
-                position += n
-                while pieces and n >= len(pieces[0]):
-                    n -= len(pieces[0])
-                    pieces.pop(0)
-                if pieces and n:
-                    pieces[0] = pieces[0][n:]
+            _pwrite_all(fd, pieces, 0)
             os.fchmod(fd, entry.mode)
             os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
             if self.durable:
