@@ -36,24 +36,11 @@ from sidedoor.node import Node
 from sidedoor.proto import broker as wire
 from sidedoor.proto.broker import BrokerAddress
 from sidedoor.proto.session import Role
+from sidedoor.testing.broker import start_broker, stop_broker
 
 HOST = "127.0.0.1"
 CHUNK = 1 << 20
 SINK = "bench-sink"
-
-
-def start_broker(data: Path, *extra: str) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidedoor", "broker", "--listen", f"{HOST}:0",
-         "--data", str(data), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    for _ in range(10):
-        line = proc.stdout.readline().strip()
-        if line.startswith("sidedoor-broker://"):
-            return proc, line
-    proc.kill()
-    raise SystemExit("the broker did not start")
 
 
 def rss_mib(pid: int) -> float:
@@ -195,8 +182,7 @@ async def capacity(workdir: Path, count: int) -> dict[str, Any]:
         return {"peers": count, "alive": alive, "seconds": elapsed, "rss_mib": rss,
                 "rss_base_mib": base, "kib_per_peer": (rss - base) * 1024 / count}
     finally:
-        broker.kill()
-        broker.wait()
+        stop_broker(broker)
         if broker.stdout is not None:
             broker.stdout.close()
 
@@ -250,8 +236,7 @@ async def mailbox(workdir: Path, count: int) -> dict[str, float]:
         return {"count": count, "deposits_per_s": count / deposit_s,
                 "deliveries_per_s": count / deliver_s}
     finally:
-        broker.kill()
-        broker.wait()
+        stop_broker(broker)
         if broker.stdout is not None:
             broker.stdout.close()
 

@@ -3,35 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from pathlib import Path
 
 from sidedoor.identity import PublicIdentity
 from sidedoor.node import Node
+from sidedoor.testing.broker import start_broker, stop_broker
 from sidedoor.testing.nodes import befriend, eventually
-
-
-def start_broker(data: Path, port: int = 0) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sidedoor", "broker", "--listen", f"127.0.0.1:{port}",
-         "--data", str(data)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
-    assert proc.stdout is not None
-    for _ in range(20):
-        line = proc.stdout.readline().strip()
-        if line.startswith("sidedoor-broker://"):
-            return proc, line
-    proc.kill()
-    raise AssertionError("the broker did not print its address")
-
-
-def stop(proc: subprocess.Popen[str]) -> None:
-    proc.kill()
-    proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
-
 
 
 async def test_mail_survives_a_broker_killed_with_sigkill(node_factory, home_factory,  # type: ignore[no-untyped-def]
@@ -50,9 +27,9 @@ async def test_mail_survives_a_broker_killed_with_sigkill(node_factory, home_fac
         await asyncio.sleep(0.2)
         assert await alice.mail.send(bob.public.key, "test", b"sent while bob was away")
         await alice.aclose()
-        stop(proc)  # kill -9: no chance to flush anything more
+        stop_broker(proc)  # kill -9: no chance to flush anything more
         port = int(url.split(":")[2].split("/")[0])
-        proc, url2 = start_broker(data, port)
+        proc, url2 = start_broker(data, port=port)
         assert url2 == url  # same key, same address
 
         got: list[tuple[str, bytes]] = []
@@ -82,4 +59,4 @@ async def test_mail_survives_a_broker_killed_with_sigkill(node_factory, home_fac
         finally:
             await bob3.aclose()
     finally:
-        stop(proc)
+        stop_broker(proc)

@@ -30,6 +30,8 @@ from test_cli import (
     stop_node,
 )
 
+from sidedoor.testing.broker import start_broker, stop_broker
+
 WAIT = 20.0
 
 
@@ -109,20 +111,6 @@ def test_outbox_delivers_once_when_the_contact_comes_back(homes: dict[str, Path]
     assert as_json(sd_in(bob.home, "history", "Ann", "--since", "0s", "--json")) == []
 
 
-def start_broker(data: Path) -> tuple[subprocess.Popen[str], str]:
-    proc = subprocess.Popen(
-        [*_argv(None, ("broker", "--listen", "127.0.0.1:0", "--data", str(data)))],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=_env(),
-        start_new_session=True)
-    assert proc.stdout is not None
-    for _ in range(20):
-        line = proc.stdout.readline().strip()
-        if line.startswith("sidedoor-broker://"):
-            return proc, line
-    proc.kill()
-    raise AssertionError("the broker did not print its address")
-
-
 def registered(node: Detached) -> bool:
     brokers = as_json(sd_in(node.home, "brokers", "--json"))
     return bool(brokers) and all(b["state"] == "registered" for b in brokers)
@@ -130,7 +118,7 @@ def registered(node: Detached) -> bool:
 
 def test_mailbox_delivers_when_the_sender_is_gone(homes: dict[str, Path],
                                                    tmp_path: Path) -> None:
-    broker, url = start_broker(tmp_path / "broker")
+    broker, url = start_broker(tmp_path / "broker", env=_env())
     try:
         nodes = start([homes["Ann"], homes["Bob"]])
         ann, bob = nodes[homes["Ann"]], nodes[homes["Bob"]]
@@ -154,8 +142,7 @@ def test_mailbox_delivers_when_the_sender_is_gone(homes: dict[str, Path],
         time.sleep(0.5)
         assert len(history(bob, "Ann")) == 2  # by mail and from the outbox: shown once
     finally:
-        broker.kill()
-        broker.wait(10)
+        stop_broker(broker)
         if broker.stdout is not None:
             broker.stdout.close()
 

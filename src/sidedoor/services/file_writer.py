@@ -25,7 +25,7 @@ import blake3
 
 from sidedoor.errors import DiskFull, TransferError
 from sidedoor.proto.file_names import check_path, numbered
-from sidedoor.proto.transfer import Manifest, chunk_span
+from sidedoor.proto.transfer import FileEntry, Manifest, chunk_span
 from sidedoor.services.file_hashing import READ_SIZE, hash_chunks
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -265,16 +265,20 @@ class IncomingFiles:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 raise TransferError("a partial file is not a regular file")
             _pwrite_all(fd, pieces, 0)
-            os.fchmod(fd, entry.mode)
-            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            if self.durable:
-                os.fsync(fd)
+            self._finish(fd, entry)
         except OSError as exc:
             raise _os_error(exc, f"cannot write {entry.path!r}", self.dest) from exc
         finally:
             os.close(fd)
         final = self._rename_into_place(dir_fd, partial, parts[-1], entry.path)
         return digest, "/".join((*parts[:-1], final))
+
+    def _finish(self, fd: int, entry: FileEntry) -> None:
+        """The sender's mode and time on a written file, and to the disk if asked."""
+        os.fchmod(fd, entry.mode)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+        if self.durable:
+            os.fsync(fd)
 
     def abort_chunks(self) -> None:
         """The sender went away mid-chunk: what arrived of unfinished chunks is discarded."""
@@ -393,10 +397,7 @@ class IncomingFiles:
             proven = len(self._hashed.pop(file, ())) == entry.chunks
             if not proven and hash_chunks(fd, entry.size, self._buffer) != entry.hashes:
                 raise FileDamaged(f"{entry.path!r} did not verify on disk; fetching it again")
-            os.fchmod(fd, entry.mode)
-            os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            if self.durable:
-                os.fsync(fd)
+            self._finish(fd, entry)
         except OSError as exc:
             raise _os_error(exc, f"cannot finish {entry.path!r}", self.dest) from exc
         finally:
