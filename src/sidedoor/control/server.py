@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sidedoor import event_loop
 from sidedoor.control import brokers, chat, files, people, presence
 from sidedoor.control import web as web_ui
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
@@ -164,6 +165,7 @@ class ControlServer:
     async def _status(self, request: web.Request) -> web.Response:
         status = self.node.status()
         status["control_port"] = self.port
+        status["event_loop"] = event_loop.loop_name()
         return web.json_response(status)
 
     async def _identity(self, request: web.Request) -> web.Response:
