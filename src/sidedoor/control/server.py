@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from sidedoor import event_loop
@@ -231,8 +232,9 @@ class ControlServer:
                     continue
                 if event is None:
                     break
-                line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                await response.write(line.encode())
+                # msgspec: several times cheaper than json.dumps, on every event.
+                await response.write(b"event: %s\ndata: %s\n\n" % (
+                    event["type"].encode(), msgspec.json.encode(event)))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
