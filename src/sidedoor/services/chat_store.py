@@ -285,15 +285,6 @@ class ChatStore:
                 f"({','.join('?' * len(chunk))})", chunk))
         return found
 
-    def _existing(self, conn: sqlite3.Connection, ids: list[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            found.update(bytes(r[0]) for r in conn.execute(
-                f"SELECT id FROM chat_messages WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk))
-        return found
-
     def _mine(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[StoredMessage]:
         found: list[StoredMessage] = []
         for i in range(0, len(ids), 500):
@@ -315,22 +306,18 @@ class ChatStore:
         """
         def run(conn: sqlite3.Connection) -> list[StoredMessage]:
             new: list[tuple[Message, bytes, int]] = []
-            known = self._existing(conn, [m.id for m, _ in messages])
             newest: dict[bytes, int] = {}
             tips = dict(self._tips)
             try:
-                return _store(conn, known, newest, new)
+                return _store(conn, newest, new)
             except BaseException:
                 self._tips = tips  # rolled back: so is what we learnt
                 raise
 
-        def _store(conn: sqlite3.Connection, known: set[bytes], newest: dict[bytes, int],
+        def _store(conn: sqlite3.Connection, newest: dict[bytes, int],
                    new: list[tuple[Message, bytes, int]]) -> list[StoredMessage]:
             with self._transaction(conn):
                 for msg, conv in messages:
-                    if msg.id in known:
-                        continue
-                    known.add(msg.id)
                     key = (conv, msg.sender)
                     tip = self._tips.get(key)
                     if tip is None:
@@ -340,9 +327,9 @@ class ChatStore:
                             "ORDER BY seq DESC LIMIT 1", key).fetchone()
                         tip = (row[0], row[1]) if row else (0, 0)
                     effective = wire.effective_time(msg.sent_at, now)
-                    if msg.seq > tip[0]:
+                    late = msg.seq <= tip[0]
+                    if not late:
                         order_at = max(effective, tip[1])
-                        tip = (msg.seq, order_at)
                     else:
                         # A gap filled late: order_at never falls as seq grows, so the
                         # floor is the previous seq's, and later ones may have to rise.
@@ -351,30 +338,40 @@ class ChatStore:
                             "WHERE conversation = ? AND sender = ? AND seq < ? "
                             "ORDER BY seq DESC LIMIT 1", (conv, msg.sender, msg.seq)).fetchone()
                         order_at = max(effective, row[0] if row else 0)
+                    attachments = (wire._encoder.encode(msg.attachments)
+                                   if msg.attachments else None)
+                    # A duplicate id (seen before, or twice in this batch) inserts nothing:
+                    # deduplication without a look-up first.
+                    if not conn.execute(
+                            "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
+                            "received_at, order_at, text, reply_to, attachments, signature, "
+                            "mine, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'unread') "
+                            "ON CONFLICT (id) DO NOTHING",
+                            (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
+                             msg.text, msg.reply_to or None, attachments,
+                             msg.signature or None)).rowcount:
+                        continue
+                    if late:
                         conn.execute(
                             "UPDATE chat_messages INDEXED BY chat_messages_sender "
                             "SET order_at = ? WHERE conversation = ? AND sender = ? "
                             "AND seq > ? AND order_at < ?",
                             (order_at, conv, msg.sender, msg.seq, order_at))
                         tip = (tip[0], max(tip[1], order_at))
+                    else:
+                        tip = (msg.seq, order_at)
                     if len(self._tips) > 10_000:
                         self._tips.clear()
                     self._tips[key] = tip
-                    attachments = (wire._encoder.encode(msg.attachments)
-                                   if msg.attachments else None)
-                    conn.execute(
-                        "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
-                        "received_at, order_at, text, reply_to, attachments, signature, mine, "
-                        "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'unread')",
-                        (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
-                         msg.text, msg.reply_to or None, attachments, msg.signature or None))
                     newest[conv] = max(newest.get(conv, 0), order_at)
                     new.append((msg, conv, order_at))
-                conn.executemany(
-                    "INSERT INTO chat_conversations (id, kind, newest_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET newest_at = max(newest_at, excluded.newest_at)",
-                    [(conv, "room" if len(conv) == wire.ID_LEN else "direct", at)
-                     for conv, at in newest.items()])
+                if newest:
+                    conn.executemany(
+                        "INSERT INTO chat_conversations (id, kind, newest_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET "
+                        "newest_at = max(newest_at, excluded.newest_at)",
+                        [(conv, "room" if len(conv) == wire.ID_LEN else "direct", at)
+                         for conv, at in newest.items()])
             senders = list({msg.sender for msg, _, _ in new})
             names = dict(conn.execute(
                 "SELECT identity, petname FROM contacts WHERE identity IN "
