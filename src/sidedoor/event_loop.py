@@ -1,11 +1,13 @@
-"""The event loop of the long-running processes: the node (`sidedoor up`) and the broker.
+"""The event loop of the node daemon (`sidedoor up`).
 
 uvloop when it is installed (it is a dependency on Linux and macOS), the standard
 asyncio loop otherwise, or when ``SIDEDOOR_LOOP=asyncio`` asks for it (to rule the
 loop out when chasing a bug). Why: a chat message between two nodes is mostly loop
 work (callbacks, task switches, transport writes) and HTTP; uvloop does that part
 in C. Short-lived CLI commands keep the standard loop: they run a request or two,
-and importing uvloop would cost more than it saves.
+and importing uvloop would cost more than it saves. The broker keeps the standard
+loop for now: its relay hands sockets from asyncio's transports to splice(2), which
+has not been tried on uvloop's.
 """
 
 from __future__ import annotations

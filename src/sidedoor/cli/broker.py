@@ -14,7 +14,6 @@ from typing import Any
 import click
 import platformdirs
 
-from sidedoor import event_loop
 from sidedoor.broker.server import BrokerServer
 from sidedoor.cli.common import Context, _api, _print_json, _run, out, pass_ctx, safe
 from sidedoor.proto.broker import BrokerAddress
@@ -78,7 +77,7 @@ def broker_command(listen: str, data: Path | None, public_host: str | None,
         tap_dir.mkdir(parents=True, exist_ok=True)
         tap_file = (tap_dir / f"relayed-{os.getpid()}.bin").open("ab", buffering=0)
         tap = tap_file.write  # type: ignore[assignment]
-    event_loop.run(_serve(BrokerServer(
+    _run(_serve(BrokerServer(
         data_dir, host, port, public_host=public_host, max_relays=max_relays,
         relay_idle=relay_idle, mailbox_quota=(mailbox_max, mailbox_mib << 20),
         health=health_addr, tap=tap)))
