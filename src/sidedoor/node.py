@@ -54,6 +54,7 @@ from sidedoor.services.chat import Chat
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
+from sidedoor.services.keep_in_touch import KeepInTouch
 from sidedoor.services.mail import Mail
 from sidedoor.services.presence import Presence
 from sidedoor.services.transfers import Transfers
@@ -196,6 +197,7 @@ class Node:
         session_config: SessionConfig | None = None,
         remember_port: bool = True,
         discovery: bool = False,
+        keep_in_touch: bool = True,
     ) -> None:
         self.home = ensure_home(home)
         self.host = host
@@ -236,6 +238,9 @@ class Node:
         self.chat.register()
         self.presence = Presence(self)
         self.presence.register()
+        self.keep_in_touch = KeepInTouch(self)
+        self.keep_in_touch.register()
+        self.want_keep_in_touch = keep_in_touch
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -278,6 +283,8 @@ class Node:
             await self.presence.start()
             await self.transfers.start()
             self.started_at = time.time()
+            if self.want_keep_in_touch:
+                self.keep_in_touch.start()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
             await self.aclose()
@@ -386,6 +393,7 @@ class Node:
             return
         self._closed = True
         self._stopped.set()
+        await self.keep_in_touch.aclose()
         await self.transfers.aclose()
         if self._server is not None:
             self._server.close()
@@ -698,6 +706,9 @@ class Node:
         assert self.identity is not None
         return make_card(self.identity, self.display_name, self.listen_addresses(),
                          list(self.brokers), int(time.time()))
+
+    def contact_keys(self) -> list[bytes]:
+        return [key for key, standing in self._standing.items() if standing == "contact"]
 
     def session_with(self, identity: bytes) -> Connection | None:
         """The open session with ``identity``; a direct one rather than a relayed one."""

@@ -1,0 +1,210 @@
+"""Keeping in touch: a session with every contact who is online, without anyone writing.
+
+Presence comes from sessions (`services.presence`), so a contact is only seen online
+once a session with them is open. Without this, two colleagues who both start their
+PCs in the morning would each see the other offline until one of them wrote.
+
+So a node reaches each of its contacts: shortly after it starts, whenever a broker
+registers it (the broker can now find contacts behind NAT), when a contact shows up
+on the LAN, and again, with growing pauses, for contacts who could not be reached.
+The contact who comes online is the one who does the work: its node reaches everyone
+at start, so the others see it online at once and need not poll often. A session
+stays open (keepalives) until one side goes away, so this costs one handshake per
+contact per start, not traffic while idle.
+
+`ReachPlan` decides who is due when, from the times it is given (no clock, no I/O);
+`KeepInTouch` is the asyncio loop around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sidedoor.errors import InvalidAddress, SidedoorError
+from sidedoor.identity import PublicIdentity
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from sidedoor.node import Node, PeerSession
+
+log = logging.getLogger(__name__)
+
+FIRST_PASS = 0.5  # s after start: the listener is up, brokers are connecting
+RETRY_FIRST = 60.0  # s before a contact who could not be reached is tried again
+RETRY_MAX = 1800.0  # the pause doubles up to this
+AFTER_SESSION_LOST = 5.0  # s: a dropped session may be a network blip, not a departure
+REACH_TIMEOUT = 10.0
+AT_ONCE = 4  # reaches in flight; a broker serves many nodes
+
+
+@dataclass
+class _Due:
+    at: float
+    pause: float  # the next pause if this attempt fails
+
+
+class ReachPlan:
+    """When to try reaching each contact who has no session.
+
+    A contact is due at once when first seen; after a failed attempt it waits
+    `RETRY_FIRST` s, doubling up to `RETRY_MAX`. `soon` makes contacts due now (a
+    broker registered us, the contact appeared nearby), `connected` forgets the
+    pause (a later loss starts again from the short one).
+    """
+
+    def __init__(self) -> None:
+        self._due: dict[bytes, _Due] = {}
+        self._trying: set[bytes] = set()
+
+    def due(self, offline: Iterable[bytes], now: float) -> list[bytes]:
+        """Contacts among ``offline`` (no session) to try now; they count as being tried."""
+        ready = []
+        for peer in offline:
+            if peer in self._trying:
+                continue
+            entry = self._due.setdefault(peer, _Due(now, RETRY_FIRST))
+            if entry.at <= now:
+                ready.append(peer)
+                self._trying.add(peer)
+        return ready
+
+    def next_at(self) -> float | None:
+        """The earliest time a contact not being tried is due, if any."""
+        times = [d.at for p, d in self._due.items() if p not in self._trying]
+        return min(times, default=None)
+
+    def failed(self, peer: bytes, now: float) -> None:
+        self._trying.discard(peer)
+        entry = self._due.setdefault(peer, _Due(now, RETRY_FIRST))
+        entry.at = now + entry.pause
+        entry.pause = min(entry.pause * 2, RETRY_MAX)
+
+    def connected(self, peer: bytes) -> None:
+        self._trying.discard(peer)
+        self._due.pop(peer, None)
+
+    def lost(self, peer: bytes, now: float) -> None:
+        """A session with ``peer`` ended: try again shortly, then back off."""
+        if peer not in self._trying:
+            self._due[peer] = _Due(now + AFTER_SESSION_LOST, RETRY_FIRST)
+
+    def soon(self, now: float, peers: Iterable[bytes] | None = None) -> None:
+        """Make ``peers`` (default: every contact known here) due now."""
+        for peer in (list(self._due) if peers is None else peers):
+            entry = self._due.get(peer)
+            if entry is None:
+                self._due[peer] = _Due(now, RETRY_FIRST)
+            else:
+                entry.at = min(entry.at, now)
+
+    def forget(self, keep: set[bytes]) -> None:
+        """Drop plans for peers no longer contacts."""
+        for peer in [p for p in self._due if p not in keep]:
+            del self._due[peer]
+
+
+class KeepInTouch:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.plan = ReachPlan()
+        self._task: asyncio.Task[None] | None = None
+        self._attempts: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._slots = asyncio.Semaphore(AT_ONCE)
+
+    def register(self) -> None:
+        self.node.add_session_listener(self._on_session)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def aclose(self) -> None:
+        tasks = [t for t in [self._task, *self._attempts] if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._task = None
+
+    def _on_session(self, info: PeerSession) -> None:
+        self.plan.connected(info.remote.key)
+
+    def _contacts_offline(self) -> list[bytes]:
+        contacts = self.node.contact_keys()
+        self.plan.forget(set(contacts))
+        return [c for c in contacts if self.node.session_with(c) is None]
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Spread so two nodes started together do not both dial at the same instant.
+        await asyncio.sleep(FIRST_PASS * (1 + random.random()))
+        events = self.node.events.subscribe()
+        watcher = loop.create_task(self._watch(events))
+        try:
+            while True:
+                now = loop.time()
+                for peer in self.plan.due(self._contacts_offline(), now):
+                    task = loop.create_task(self._attempt(peer))
+                    self._attempts.add(task)
+                    task.add_done_callback(self._attempts.discard)
+                wake_at = self.plan.next_at()
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(wake_at):
+                        await self._wake.wait()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            self.node.events.unsubscribe(events)
+
+    async def _watch(self, events: asyncio.Queue[dict[str, Any] | None]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            event = await events.get()
+            if event is None:
+                # Dropped for falling behind (or the node is closing): catch up.
+                events = self.node.events.subscribe()
+                self.plan.soon(loop.time())
+            else:
+                self._on_event(event, loop.time())
+            self._wake.set()
+
+    def _on_event(self, event: dict[str, Any], now: float) -> None:
+        kind = event["type"]
+        if kind == "broker.registered":
+            self.plan.soon(now)
+            return
+        if kind not in ("nearby.joined", "nearby.updated", "session.closed"):
+            return
+        try:
+            peer = PublicIdentity.from_address(str(event.get("address", ""))).key
+        except InvalidAddress:
+            return
+        if self.node.standing(peer) != "contact":
+            return
+        if kind == "session.closed":
+            if self.node.session_with(peer) is None:
+                self.plan.lost(peer, now)
+        else:
+            self.plan.soon(now, [peer])
+
+    async def _attempt(self, peer: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._slots:
+                if self.node.session_with(peer) is None:
+                    await self.node.reach(peer, timeout=REACH_TIMEOUT)
+        except (SidedoorError, OSError) as exc:
+            log.debug("%s is not reachable now: %s", PublicIdentity(peer).short, exc)
+            self.plan.failed(peer, loop.time())
+        else:
+            self.plan.connected(peer)
+        self._wake.set()
