@@ -60,8 +60,9 @@ async def test_relay_carries_an_end_to_end_session_as_ciphertext(node_factory,  
                                                                   broker_factory) -> None:
     seen = bytearray()
     broker: BrokerServer = await broker_factory(tap=seen.extend)
-    a: Node = await node_factory()
-    b: Node = await node_factory()
+    # No background reaching: the test chooses the path.
+    a: Node = await node_factory(keep_in_touch=False)
+    b: Node = await node_factory(keep_in_touch=False)
     await befriend(a, b)
     for conn in [*a.sessions, *b.sessions]:
         conn.close("start over")
@@ -258,8 +259,9 @@ async def test_a_half_open_relay_is_dropped(node_factory, broker_factory,  # typ
 
 
 async def test_a_relayed_session_is_upgraded_to_a_direct_one(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
-    a: Node = await node_factory()
-    b: Node = await node_factory()
+    # No background reaching: the test chooses the path.
+    a: Node = await node_factory(keep_in_touch=False)
+    b: Node = await node_factory(keep_in_touch=False)
     await befriend(a, b)
     for conn in [*a.sessions, *b.sessions]:
         conn.close("start over")
