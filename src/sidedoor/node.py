@@ -795,11 +795,12 @@ class Node:
         return list(dict.fromkeys(addrs))
 
     async def reach(self, identity: bytes, timeout: float = 10.0,
-                    addrs: list[str] | None = None) -> Connection:
+                    addrs: list[str] | None = None, relay: bool = True) -> Connection:
         """A session with ``identity``: the live one, or the first path that authenticates.
 
         ``addrs`` adds addresses to try (from a link, a card); strangers are reached
-        the same way, for an introduction.
+        the same way, for an introduction. ``relay=False`` leaves the brokers' relays
+        out (a session for presence alone is not worth a relay slot).
 
         Candidates are raced (happy eyeballs): the addresses known directly (LAN, its
         card, the last dial), then, through each broker, the addresses it reports, a
@@ -817,7 +818,7 @@ class Node:
             if link.is_registered:
                 attempts.append(Attempt(f"via {link.address.host}", 0.05 if addrs else 0.0,
                                         functools.partial(link.reach, remote, set(addrs),
-                                                          timeout)))
+                                                          timeout, relay)))
         if not attempts:
             raise ConnectError(f"no known way to reach {remote.short}…: it was never seen "
                                "on this network and no broker is connected")

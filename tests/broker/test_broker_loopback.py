@@ -87,6 +87,10 @@ async def test_relay_carries_an_end_to_end_session_as_ciphertext(node_factory,  
     assert b"plaintext the broker" not in seen
     info = next(i for i in b.sessions.values() if i.remote == a.public)
     assert info.path == "relayed"
+    # Both ends close: the relay is over at once, not at its idle timeout.
+    conn.close("done")
+    await eventually(lambda: broker.metrics.relays_active == 0, timeout=5,
+                     what="the relay to end when both ends have closed")
 
 
 async def test_a_relay_token_works_once_and_garbage_is_dropped(node_factory, broker) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from sidedoor.node import Node
 from sidedoor.services.keep_in_touch import (
     AFTER_SESSION_LOST,
+    REGISTERED_RECHECK,
     RETRY_FIRST,
     RETRY_MAX,
     ReachPlan,
@@ -60,6 +61,11 @@ def test_plan_soon_lost_and_forget() -> None:
     plan.failed(A, 50.0)
     assert plan.next_at() == 50.0 + RETRY_FIRST
     assert plan.due([C], now=60.0) == [C]  # a new contact: at once
+    assert plan.trying(C)
+    plan.registered(C, now=70.0)  # no direct path, but a broker has it registered
+    assert not plan.trying(C)
+    assert plan.due([C], now=70.0 + REGISTERED_RECHECK - 1) == []
+    assert plan.due([C], now=70.0 + REGISTERED_RECHECK) == [C]
 
 
 # ---------------------------------------------------------------- real nodes

@@ -84,6 +84,7 @@ class _RelayHalf(asyncio.Protocol):
         self.buffered = bytearray()
         self.last_active = time.monotonic()
         self.closed = False
+        self.got_eof = False
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -107,8 +108,15 @@ class _RelayHalf(asyncio.Protocol):
             self.partner.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
-        if self.partner is not None and self.partner.transport.can_write_eof():
-            self.partner.transport.write_eof()
+        self.got_eof = True
+        partner = self.partner
+        if partner is not None and partner.got_eof:
+            # Both ways have ended: nothing more can cross, so the relay is over (asyncio
+            # would keep both half-closed transports until the idle timeout).
+            partner.transport.close()
+            return None
+        if partner is not None and partner.transport.can_write_eof():
+            partner.transport.write_eof()
             return True
         return None
 

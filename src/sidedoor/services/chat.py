@@ -561,8 +561,9 @@ class Chat:
         if not conns:
             del self._online[peer]
             if not self.stopping:
+                online = self.node.presence.state_of(peer) != "offline"  # at a broker
                 self.emit("presence.changed", address=PublicIdentity(peer).address,
-                          online=False, last_seen=time.time())
+                          online=online, last_seen=time.time())
 
     def is_online(self, peer: bytes) -> bool:
         return self.node.session_with(peer) is not None

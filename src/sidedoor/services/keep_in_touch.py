@@ -12,6 +12,15 @@ at start, so the others see it online at once and need not poll often. A session
 stays open (keepalives) until one side goes away, so this costs one handshake per
 contact per start, not traffic while idle.
 
+Relays are left out: a broker has a few hundred relay slots for everyone it serves,
+and a session kept open for presence alone would hold one for hours. A contact whom
+only the relay could reach is asked after at the broker instead (a lookup: is it
+registered?), which is enough to show it online, and tried again every
+`REGISTERED_RECHECK` seconds; writing to it opens the relayed session then. Such
+a contact coming online tries to punch through to us, which the broker announces
+(``broker.punch``): that alone shows it online here, with no attempt of our own
+(which would make it try again, and so on).
+
 `ReachPlan` decides who is due when, from the times it is given (no clock, no I/O);
 `KeepInTouch` is the asyncio loop around it.
 """
@@ -41,6 +50,7 @@ RETRY_MAX = 1800.0  # the pause doubles up to this
 AFTER_SESSION_LOST = 5.0  # s: a dropped session may be a network blip, not a departure
 REACH_TIMEOUT = 10.0
 AT_ONCE = 4  # reaches in flight; a broker serves many nodes
+REGISTERED_RECHECK = 120.0  # s between lookups of a contact seen only at a broker
 
 
 @dataclass
@@ -84,6 +94,14 @@ class ReachPlan:
         entry = self._due.setdefault(peer, _Due(now, RETRY_FIRST))
         entry.at = now + entry.pause
         entry.pause = min(entry.pause * 2, RETRY_MAX)
+
+    def trying(self, peer: bytes) -> bool:
+        return peer in self._trying
+
+    def registered(self, peer: bytes, now: float) -> None:
+        """``peer`` is registered at a broker but has no session: ask again later."""
+        self._trying.discard(peer)
+        self._due[peer] = _Due(now + REGISTERED_RECHECK, RETRY_FIRST)
 
     def connected(self, peer: bytes) -> None:
         self._trying.discard(peer)
@@ -182,7 +200,7 @@ class KeepInTouch:
         if kind == "broker.registered":
             self.plan.soon(now)
             return
-        if kind not in ("nearby.joined", "nearby.updated", "session.closed"):
+        if kind not in ("nearby.joined", "nearby.updated", "session.closed", "broker.punch"):
             return
         try:
             peer = PublicIdentity.from_address(str(event.get("address", ""))).key
@@ -193,6 +211,10 @@ class KeepInTouch:
         if kind == "session.closed":
             if self.node.session_with(peer) is None:
                 self.plan.lost(peer, now)
+        elif kind == "broker.punch":
+            if self.node.session_with(peer) is None and not self.plan.trying(peer):
+                self.node.presence.at_broker(peer, True)
+                self.plan.registered(peer, now)
         else:
             self.plan.soon(now, [peer])
 
@@ -201,10 +223,26 @@ class KeepInTouch:
         try:
             async with self._slots:
                 if self.node.session_with(peer) is None:
-                    await self.node.reach(peer, timeout=REACH_TIMEOUT)
-        except (SidedoorError, OSError) as exc:
-            log.debug("%s is not reachable now: %s", PublicIdentity(peer).short, exc)
-            self.plan.failed(peer, loop.time())
-        else:
+                    await self.node.reach(peer, timeout=REACH_TIMEOUT, relay=False)
             self.plan.connected(peer)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, (SidedoorError, OSError)):
+                log.warning("reaching %s failed unexpectedly", PublicIdentity(peer).short,
+                            exc_info=exc)
+            log.debug("%s has no direct path now: %s", PublicIdentity(peer).short, exc)
+            if await self._registered_at_a_broker(peer):
+                self.node.presence.at_broker(peer, True)
+                self.plan.registered(peer, loop.time())
+            else:
+                self.node.presence.at_broker(peer, False)
+                self.plan.failed(peer, loop.time())
         self._wake.set()
+
+    async def _registered_at_a_broker(self, peer: bytes) -> bool:
+        remote = PublicIdentity(peer)
+        for link in list(self.node.brokers.values()):
+            if link.is_registered and await link.has_registered(remote):
+                return True
+        return False
