@@ -81,6 +81,9 @@ SessionListener = Callable[["PeerSession"], None]
 RACE_STAGGER = 0.25
 # A relayed session being replaced is closed when idle, or after this long anyway.
 UPGRADE_DRAIN_SECONDS = 3600
+# A relayed session with no channel open this long is closed: a broker has few relay
+# slots for everyone, and presence does not need one (services.keep_in_touch).
+RELAYED_IDLE_CLOSE = 600.0
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -232,6 +235,7 @@ class Node:
         CardUpdates(self).register()
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
+        self.relayed_idle_close = RELAYED_IDLE_CLOSE
         self._upgrades: set[asyncio.Task[None]] = set()
         self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
         self.chat = Chat(self)
@@ -580,11 +584,15 @@ class Node:
         log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
                  info.path, addr)
         self.events.emit("session.opened", **info.describe())
-        if info.contact and info.path == "relayed" and self.public.key < remote.key:
-            # One side drives the upgrade (the smaller key), so the two do not race.
-            task = asyncio.ensure_future(self._upgrade(conn, remote))
-            self._upgrades.add(task)
-            task.add_done_callback(self._upgrades.discard)
+        if info.path == "relayed":
+            jobs = [self._close_when_idle(conn)]
+            if info.contact and self.public.key < remote.key:
+                # One side drives the upgrade (the smaller key), so the two do not race.
+                jobs.append(self._upgrade(conn, remote))
+            for job in jobs:
+                task = asyncio.ensure_future(job)
+                self._upgrades.add(task)
+                task.add_done_callback(self._upgrades.discard)
         if info.contact:
             for listener in self._session_listeners:
                 try:
@@ -759,6 +767,23 @@ class Node:
                         break
                     await asyncio.sleep(1.0)
                 conn.close("upgraded to a direct path")
+                return
+
+    async def _close_when_idle(self, conn: Connection) -> None:
+        """Close a relayed session once no channel has been open for `relayed_idle_close` s."""
+        step = max(self.relayed_idle_close / 10, 0.05)
+        idle_since: float | None = None
+        opened = -1
+        loop = asyncio.get_running_loop()
+        while conn.is_open and not self._closed:
+            await asyncio.sleep(step)
+            if conn.session.open_channels or conn.session.channels_opened != opened:
+                opened = conn.session.channels_opened
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= self.relayed_idle_close:
+                conn.close("idle: the relay is freed until there is something to send")
                 return
 
     async def connect_any(self, remote: PublicIdentity, addrs: list[str],

@@ -300,3 +300,31 @@ async def test_contacts_learn_a_newer_card_when_a_session_opens(node_factory, br
             break
         await asyncio.sleep(0.05)
     assert await b_knows()
+
+
+async def test_an_idle_relayed_session_is_closed_to_free_the_relay(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
+    a: Node = await node_factory(keep_in_touch=False)
+    b: Node = await node_factory(keep_in_touch=False)
+    await befriend(a, b)
+    for conn in [*a.sessions, *b.sessions]:
+        conn.close("start over")
+    a.relayed_idle_close = b.relayed_idle_close = 0.6
+    link = await registered(a, broker)
+    await registered(b, broker)
+    got: list[bytes] = []
+
+    async def sink(remote: PublicIdentity, stream: Any) -> None:
+        got.append(await stream.read_all(1024))
+
+    b.add_channel_handler("test-sink", sink)
+    relayed = await link.relay(b.public, timeout=10)
+    # Short channels, one after another, longer in all than the idle limit: kept.
+    for i in range(12):
+        stream = await relayed.open_channel("test-sink")
+        await stream.write(b"%d" % i)
+        stream.end()
+        await asyncio.sleep(0.15)
+    assert relayed.is_open and len(got) == 12
+    await eventually(lambda: not relayed.is_open, timeout=5, what="the idle relayed session closed")
+    assert "idle" in (relayed.session.close_reason or "")
+    await eventually(lambda: broker.metrics.relays_active == 0, what="the relay freed")
