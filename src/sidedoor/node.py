@@ -870,7 +870,11 @@ class Node:
                            timeout: float = 10.0) -> Connection:
         """Authenticate ``remote`` on an already connected socket (relay, punched hole)."""
         assert self.db is not None
-        static = await self.db.run(self.db.peer_static, remote.key)
+        try:
+            static = await self.db.run(self.db.peer_static, remote.key)
+        except BaseException:
+            sock.close()  # cancelled (another path won the race): nothing else owns it
+            raise
         session = new_session(
             Role.INITIATOR, self._keys(), verify_noise_proof,
             pattern=Pattern.IK if static is not None else Pattern.XX,
@@ -894,6 +898,11 @@ class Node:
         conn.via = via
         try:
             await loop.create_connection(lambda: conn, sock=sock)
+        except BaseException:
+            sock.close()
+            self._pending.discard(conn)
+            raise
+        try:
             async with asyncio.timeout(timeout):
                 await conn.handshake
         except TimeoutError:

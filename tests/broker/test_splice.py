@@ -11,8 +11,10 @@ from typing import Any
 
 import pytest
 
+from sidedoor.broker import splice
 from sidedoor.broker.server import BrokerServer
-from sidedoor.broker.splice import AVAILABLE, SplicedRelay
+from sidedoor.broker.splice import AVAILABLE, BULK_PIPE_SIZE, SplicedRelay
+from sidedoor.errors import SidedoorError
 from sidedoor.identity import PublicIdentity
 from sidedoor.node import Node
 from sidedoor.testing.nodes import befriend, eventually
@@ -90,6 +92,8 @@ async def test_both_ways_at_once_in_order_with_the_early_bytes_first(rig_factory
     await eventually(lambda: rig.ended, what="the relay to end once both ways ended")
     assert rig.ended == [rig.relay] and rig.relay.error is None
     assert rig.counted == len(a_to_b) + len(b_to_a)  # the early bytes are counted by the caller
+    # Bulk data grew the pipe of the busy direction (root: no pipe quota here).
+    assert rig.relay._directions[0].pipe_size == BULK_PIPE_SIZE
 
 
 async def test_a_half_close_is_passed_on_and_the_other_way_goes_on(rig_factory: Any) -> None:
@@ -104,6 +108,35 @@ async def test_a_half_close_is_passed_on_and_the_other_way_goes_on(rig_factory: 
     rig.b_peer.shutdown(socket.SHUT_WR)
     assert await read_to_eof(rig.a_peer) == b""
     await eventually(lambda: rig.ended, what="the relay to end")
+    # A few bytes each way: the pipes kept the kernel's default size.
+    assert all(d.pipe_size < BULK_PIPE_SIZE for d in rig.relay._directions)
+
+
+async def test_out_of_descriptors_while_joining_leaks_nothing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[int] = []
+    real_pipe2 = os.pipe2
+
+    def pipe2_once(flags: int) -> tuple[int, int]:
+        if made:
+            raise OSError(24, "Too many open files")
+        fds = real_pipe2(flags)
+        made.extend(fds)
+        return fds
+
+    monkeypatch.setattr(splice.os, "pipe2", pipe2_once)
+    a, a_far = tcp_pair()
+    b, b_far = tcp_pair()
+    try:
+        with pytest.raises(OSError, match="Too many"):
+            SplicedRelay(asyncio.get_running_loop(), a, b, b"", b"",
+                         on_bytes=lambda n: None, on_end=lambda r: None)
+        for fd in made:  # the first direction's pipe was given back
+            with pytest.raises(OSError):
+                os.fstat(fd)
+    finally:
+        for sock in (a, a_far, b, b_far):
+            sock.close()
 
 
 async def test_a_reset_ends_the_relay_and_closes_the_other_side(rig_factory: Any) -> None:
@@ -142,7 +175,7 @@ async def test_a_session_relayed_in_the_kernel_carries_megabytes_intact(
         node_factory: Any, broker_factory: Any) -> None:
     broker: BrokerServer = await broker_factory()
     assert broker.splice
-    a, b, conn = await relayed_pair(node_factory, broker)
+    _, b, conn = await relayed_pair(node_factory, broker)
     got: list[bytes] = []
 
     async def sink(remote: PublicIdentity, stream: Any) -> None:
@@ -160,6 +193,24 @@ async def test_a_session_relayed_in_the_kernel_carries_megabytes_intact(
     conn.close("done")
     await eventually(lambda: broker.metrics.relays_active == 0, what="the relay to end")
     assert not broker._spliced and broker.state.active_relays == 0
+
+
+async def test_a_relay_that_cannot_be_joined_fails_alone(
+        node_factory: Any, broker_factory: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    broker: BrokerServer = await broker_factory()
+
+    def no_descriptors(*args: Any, **kwargs: Any) -> SplicedRelay:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr("sidedoor.broker.server.SplicedRelay", no_descriptors)
+    with pytest.raises((SidedoorError, OSError)):
+        await relayed_pair(node_factory, broker)
+    assert broker.metrics.relays_active == 0 and broker.state.active_relays == 0
+    assert not broker._spliced and not broker._halves
+    monkeypatch.undo()
+    # The broker goes on: the next relay works.
+    _, _, conn = await relayed_pair(node_factory, broker)
+    assert conn.is_open and len(broker._spliced) == 1
 
 
 async def test_an_idle_spliced_relay_is_cut(node_factory: Any, broker_factory: Any) -> None:

@@ -8,9 +8,12 @@ from collections.abc import Awaitable, Callable
 from sidedoor.node import Node
 from sidedoor.services.keep_in_touch import (
     AFTER_SESSION_LOST,
+    BROKER_SPREAD,
+    MIN_INTERVAL,
     REGISTERED_RECHECK,
     RETRY_FIRST,
     RETRY_MAX,
+    SETTLED,
     ReachPlan,
 )
 from sidedoor.testing.nodes import befriend, eventually
@@ -26,7 +29,7 @@ def test_plan_tries_everyone_at_once_then_backs_off_to_a_cap() -> None:
     assert sorted(plan.due([A, B], now=0.0)) == [A, B]
     assert plan.due([A, B], now=0.0) == []  # being tried: not twice at once
     plan.failed(A, now=1.0)
-    plan.connected(B)
+    plan.connected(B, now=1.0)
     assert plan.next_at() == 1.0 + RETRY_FIRST
     assert plan.due([A], now=RETRY_FIRST) == []
     assert plan.due([A], now=1.0 + RETRY_FIRST) == [A]
@@ -43,29 +46,53 @@ def test_plan_tries_everyone_at_once_then_backs_off_to_a_cap() -> None:
     assert pauses == sorted(pauses) and pauses[-1] == RETRY_MAX
 
 
-def test_plan_soon_lost_and_forget() -> None:
+def test_plan_a_settled_session_lost_is_retried_soon_a_short_one_backs_off() -> None:
     plan = ReachPlan()
+    plan.due([A, B], now=0.0)
+    plan.connected(A, now=0.0)
+    plan.connected(B, now=0.0)
+    plan.lost(A, now=SETTLED)  # lived a minute: a blip or a departure, look again soon
+    assert plan.due([A], now=SETTLED + AFTER_SESSION_LOST) == [A]
+    # B turns us away at once, every time (it blocked or removed us): pauses grow.
+    now, pauses = 0.0, []
+    for _ in range(5):
+        plan.lost(B, now + 1.0)
+        at = plan.next_at() if not plan.due([B], now + 1.0) else now + 1.0
+        assert at is not None
+        pauses.append(at - (now + 1.0))
+        now = at
+        assert plan.due([B], now) == [B]
+        plan.connected(B, now)
+    assert pauses[0] >= RETRY_FIRST and pauses == sorted(pauses) and pauses[-1] > pauses[0]
+
+
+def test_plan_soon_spreads_and_respects_the_minimum_interval() -> None:
+    plan = ReachPlan(draw=lambda: 0.5)
     plan.due([A, B], now=0.0)
     plan.failed(A, 0.0)
     plan.failed(B, 0.0)
-    plan.soon(10.0, [A])  # A appeared on the LAN
-    assert plan.due([A, B], now=10.0) == [A]
-    plan.soon(20.0)  # a broker registered us: everyone known is due
-    assert plan.due([A, B], now=20.0) == [B]
-    plan.connected(A)
-    plan.lost(A, now=30.0)  # the session dropped: soon, not in a minute
-    assert plan.due([A], now=30.0) == []
-    assert plan.due([A], now=30.0 + AFTER_SESSION_LOST) == [A]
-    plan.failed(B, 40.0)
-    plan.forget({A})  # B is no longer a contact
-    plan.failed(A, 50.0)
-    assert plan.next_at() == 50.0 + RETRY_FIRST
-    assert plan.due([C], now=60.0) == [C]  # a new contact: at once
-    assert plan.trying(C)
-    plan.registered(C, now=70.0)  # no direct path, but a broker has it registered
-    assert not plan.trying(C)
-    assert plan.due([C], now=70.0 + REGISTERED_RECHECK - 1) == []
-    assert plan.due([C], now=70.0 + REGISTERED_RECHECK) == [C]
+    plan.soon(1.0, [A])  # A appeared on the LAN a second after we tried it
+    assert plan.due([A, B], now=MIN_INTERVAL - 0.1) == []
+    assert plan.due([A, B], now=MIN_INTERVAL) == [A]
+    plan.soon(30.0, spread=BROKER_SPREAD)  # a broker registered us: everyone, spread
+    assert plan.due([B], now=30.0) == []  # (B's own retry is at RETRY_FIRST)
+    assert plan.due([B], now=30.0 + BROKER_SPREAD / 2) == [B]
+
+
+def test_plan_registered_contacts_are_rechecked_by_lookup_and_forget() -> None:
+    plan = ReachPlan()
+    assert plan.due([C], now=0.0) == [C]
+    assert plan.trying(C) and not plan.lookup_only(C)
+    plan.registered(C, now=10.0)  # no direct path, but a broker has it registered
+    assert not plan.trying(C) and plan.lookup_only(C)
+    assert plan.due([C], now=10.0 + REGISTERED_RECHECK - 1) == []
+    assert plan.due([C], now=10.0 + REGISTERED_RECHECK) == [C]
+    plan.soon(200.0, [C])  # it appeared nearby: dial it, not only ask
+    assert not plan.lookup_only(C)
+    plan.failed(C, 300.0)
+    plan.forget(set())  # no longer a contact
+    assert plan.next_at() is None
+    assert plan.due([C], now=301.0) == [C]  # a contact again: at once
 
 
 # ---------------------------------------------------------------- real nodes

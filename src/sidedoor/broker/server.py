@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -44,6 +45,14 @@ UPKEEP_INTERVAL = 10.0
 # Thousands of idle peers: small read buffers, and a channel window just over the
 # largest message (an envelope).
 BROKER_SESSION = SessionConfig(channel_window=wire.MAX_MESSAGE + 4096, receive_buffer=4096)
+
+
+def _raise_descriptor_limit() -> None:
+    """Soft limit up to the hard one: thousands of sessions, six descriptors a relay."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -230,6 +239,7 @@ class BrokerServer:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _raise_descriptor_limit()
         identity, _ = await asyncio.to_thread(load_or_create_identity, self.data_dir)
         self.identity = identity
         count, size = self.mailbox_quota
@@ -487,13 +497,27 @@ class BrokerServer:
         self._halves.discard(first)
         self._halves.discard(second)
         waiting, first.buffered = bytes(first.buffered), bytearray()
-        a, b = first.detach(), second.detach()
 
         def counted(count: int) -> None:
             self.metrics.relay_bytes += count
 
-        relay = SplicedRelay(asyncio.get_running_loop(), a, b, waiting, rest,
-                             on_bytes=counted, on_end=self._spliced_relay_ended)
+        detached: list[socket.socket] = []
+        try:
+            detached.append(first.detach())
+            detached.append(second.detach())
+            relay = SplicedRelay(asyncio.get_running_loop(), detached[0], detached[1],
+                                 waiting, rest, on_bytes=counted,
+                                 on_end=self._spliced_relay_ended)
+        except OSError as exc:
+            # Out of descriptors, most likely: this relay fails, the broker goes on.
+            log.warning("could not join a relay: %s", exc)
+            for sock in detached:
+                sock.close()
+            for half in (first, second):
+                half.abort()
+            self.metrics.relays_active -= 1
+            self.state.relay_ended()
+            return
         self._spliced.add(relay)
         counted(len(waiting) + len(rest))
         relay.start()

@@ -8,6 +8,9 @@ pipe, filled from one socket and emptied into the other by `os.splice`, driven b
 the event loop's readiness callbacks. The bytes never enter Python; the broker only
 counts them.
 
+Each spliced relay holds six descriptors (two sockets, two pipes) where a copied one
+holds two; the broker raises its soft descriptor limit to the hard one at start.
+
 Back-pressure: a direction stops reading its source while its pipe cannot be
 emptied into the destination, and waits for the destination to become writable.
 A half-close (EOF) is passed on with ``shutdown(SHUT_WR)``; the relay ends when
@@ -24,7 +27,11 @@ import socket
 import time
 from collections.abc import Callable
 
-PIPE_SIZE = 1 << 20  # the Linux default cap for unprivileged pipes (fs/pipe-max-size)
+# Pipes start at the kernel's default (64 KiB) and grow to BULK_PIPE_SIZE once a
+# direction fills one, so only relays that carry bulk data take big pipes: an
+# unprivileged user has 64 MiB of pipe buffers in all (fs/pipe-user-pages-soft),
+# which 512 relays of 1 MiB pipes would exceed 16 times over.
+BULK_PIPE_SIZE = 1 << 20
 SPLICE_MAX = 1 << 20
 ROUNDS_PER_WAKE = 8  # splices per readiness callback, so one relay cannot starve the rest
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
@@ -42,8 +49,8 @@ class _Direction:
         self.src, self.dst = src, dst
         self.first = memoryview(first)
         self.pipe_r, self.pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # a smaller pipe still works
-            fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_GETPIPE_SZ)
+        self.grown = False
         self.in_pipe = 0
         self.ended = False
         self.reading = False
@@ -77,9 +84,16 @@ class _Direction:
                     return
                 self.in_pipe += moved
                 self.relay.moved(moved)
+                if moved >= self.pipe_size and not self.grown:
+                    self._grow()
             self._drain()
         except OSError as exc:
             self.relay.abort(exc)
+
+    def _grow(self) -> None:
+        self.grown = True  # once: past the user's pipe quota the kernel says no
+        with contextlib.suppress(OSError):
+            self.pipe_size = fcntl.fcntl(self.pipe_w, fcntl.F_SETPIPE_SZ, BULK_PIPE_SIZE)
 
     def _drain(self) -> bool:
         """Empty what is pending into ``dst``; False (and wait for it) if it is full."""
@@ -88,8 +102,10 @@ class _Direction:
                 sent = self.dst.send(self.first)
                 self.first = self.first[sent:]
             while self.in_pipe:
-                self.in_pipe -= os.splice(self.pipe_r, self.dst.fileno(), self.in_pipe,
-                                          flags=_FLAGS)
+                moved = os.splice(self.pipe_r, self.dst.fileno(), self.in_pipe, flags=_FLAGS)
+                if moved <= 0:
+                    raise OSError("the relay's pipe gave nothing back")
+                self.in_pipe -= moved
         except BlockingIOError:
             self._stop_reading()
             if not self.waiting_write:
@@ -144,7 +160,13 @@ class SplicedRelay:
         self.last_active = time.monotonic()
         self.closed = False
         self.error: OSError | None = None
-        self._directions = (_Direction(self, a, b, a_first), _Direction(self, b, a, b_first))
+        first = _Direction(self, a, b, a_first)
+        try:
+            second = _Direction(self, b, a, b_first)
+        except OSError:
+            first.close()  # out of descriptors: give the first pipe back
+            raise
+        self._directions = (first, second)
 
     def start(self) -> None:
         try:

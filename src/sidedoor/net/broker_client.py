@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sidedoor.errors import BrokerError, ConnectError, SidedoorError
+from sidedoor.errors import BrokerError, BrokerRefused, ConnectError, SidedoorError
 from sidedoor.identity import PublicIdentity, verify_noise_proof
 from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
 from sidedoor.net.race import Attempt, race
@@ -219,7 +219,7 @@ class BrokerLink:
         finally:
             self._waiting.pop(rid, None)
         if isinstance(reply, wire.Refused):
-            raise BrokerError(f"the broker says: {reply.reason}")
+            raise BrokerRefused(f"the broker says: {reply.reason}")
         return reply
 
     async def send(self, message: wire.ToBroker) -> None:
@@ -229,13 +229,20 @@ class BrokerLink:
         await self._stream.write_message(wire.encode(message))
 
     # ------------------------------------------------------------------ paths
-    async def has_registered(self, remote: PublicIdentity) -> bool:
-        """Whether ``remote`` is registered here now, as far as the broker tells us."""
+    async def has_registered(self, remote: PublicIdentity) -> bool | None:
+        """Whether ``remote`` is registered here and lets us find it; None if the broker
+        cannot be asked now.
+
+        A node that does not list us (it blocked or removed us) is still "found" when
+        it accepts strangers' requests, but with no address: that counts as no.
+        """
         try:
             found = await self.request(lambda rid: wire.Lookup(rid, remote.key))
-        except BrokerError:
+        except BrokerRefused:
             return False
-        return isinstance(found, wire.Found)
+        except (SidedoorError, OSError):
+            return None
+        return isinstance(found, wire.Found) and bool(found.listen_addrs or found.observed)
 
     async def reach(self, remote: PublicIdentity, tried: set[str],
                     timeout: float, relay: bool = True) -> Connection:

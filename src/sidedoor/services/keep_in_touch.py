@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -38,7 +39,7 @@ from sidedoor.errors import InvalidAddress, SidedoorError
 from sidedoor.identity import PublicIdentity
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from sidedoor.node import Node, PeerSession
 
@@ -48,6 +49,9 @@ FIRST_PASS = 0.5  # s after start: the listener is up, brokers are connecting
 RETRY_FIRST = 60.0  # s before a contact who could not be reached is tried again
 RETRY_MAX = 1800.0  # the pause doubles up to this
 AFTER_SESSION_LOST = 5.0  # s: a dropped session may be a network blip, not a departure
+SETTLED = 60.0  # s a session must have lived for its loss to reset the pause
+MIN_INTERVAL = 10.0  # s between two attempts at one contact, whatever wakes us
+BROKER_SPREAD = 10.0  # s over which a broker registration spreads the attempts
 REACH_TIMEOUT = 10.0
 AT_ONCE = 4  # reaches in flight; a broker serves many nodes
 REGISTERED_RECHECK = 120.0  # s between lookups of a contact seen only at a broker
@@ -56,21 +60,29 @@ REGISTERED_RECHECK = 120.0  # s between lookups of a contact seen only at a brok
 @dataclass
 class _Due:
     at: float
-    pause: float  # the next pause if this attempt fails
+    lookup_only: bool = False  # a contact seen at a broker: ask it, do not dial
 
 
 class ReachPlan:
-    """When to try reaching each contact who has no session.
+    """When to try reaching each contact who has no session, and how.
 
     A contact is due at once when first seen; after a failed attempt it waits
-    `RETRY_FIRST` s, doubling up to `RETRY_MAX`. `soon` makes contacts due now (a
-    broker registered us, the contact appeared nearby), `connected` forgets the
-    pause (a later loss starts again from the short one).
+    `RETRY_FIRST` s, doubling up to `RETRY_MAX`. A session that lived `SETTLED` s
+    resets the pause when it ends (then the contact is tried again shortly); one
+    that ended sooner counts as a failure, so a contact who turns us away at once
+    (blocked us, removed us) is not dialled in a loop. `soon` makes contacts due now
+    (a broker registered us, the contact appeared nearby), spread over ``spread`` s
+    and never sooner than `MIN_INTERVAL` after the last attempt. A contact seen only
+    at a broker is rechecked with a lookup every `REGISTERED_RECHECK` s.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, draw: Callable[[], float] = random.random) -> None:
         self._due: dict[bytes, _Due] = {}
+        self._pause: dict[bytes, float] = {}
+        self._last_try: dict[bytes, float] = {}
+        self._connected_at: dict[bytes, float] = {}
         self._trying: set[bytes] = set()
+        self._draw = draw
 
     def due(self, offline: Iterable[bytes], now: float) -> list[bytes]:
         """Contacts among ``offline`` (no session) to try now; they count as being tried."""
@@ -78,53 +90,67 @@ class ReachPlan:
         for peer in offline:
             if peer in self._trying:
                 continue
-            entry = self._due.setdefault(peer, _Due(now, RETRY_FIRST))
+            entry = self._due.setdefault(peer, _Due(now))
             if entry.at <= now:
                 ready.append(peer)
                 self._trying.add(peer)
+                self._last_try[peer] = now
         return ready
+
+    def lookup_only(self, peer: bytes) -> bool:
+        entry = self._due.get(peer)
+        return entry is not None and entry.lookup_only
 
     def next_at(self) -> float | None:
         """The earliest time a contact not being tried is due, if any."""
         times = [d.at for p, d in self._due.items() if p not in self._trying]
         return min(times, default=None)
 
-    def failed(self, peer: bytes, now: float) -> None:
-        self._trying.discard(peer)
-        entry = self._due.setdefault(peer, _Due(now, RETRY_FIRST))
-        entry.at = now + entry.pause
-        entry.pause = min(entry.pause * 2, RETRY_MAX)
-
     def trying(self, peer: bytes) -> bool:
         return peer in self._trying
+
+    def failed(self, peer: bytes, now: float) -> None:
+        self._trying.discard(peer)
+        pause = self._pause.get(peer, RETRY_FIRST)
+        self._due[peer] = _Due(now + pause)
+        self._pause[peer] = min(pause * 2, RETRY_MAX)
 
     def registered(self, peer: bytes, now: float) -> None:
         """``peer`` is registered at a broker but has no session: ask again later."""
         self._trying.discard(peer)
-        self._due[peer] = _Due(now + REGISTERED_RECHECK, RETRY_FIRST)
+        self._due[peer] = _Due(now + REGISTERED_RECHECK, lookup_only=True)
 
-    def connected(self, peer: bytes) -> None:
+    def connected(self, peer: bytes, now: float) -> None:
         self._trying.discard(peer)
         self._due.pop(peer, None)
+        self._connected_at.setdefault(peer, now)
 
     def lost(self, peer: bytes, now: float) -> None:
-        """A session with ``peer`` ended: try again shortly, then back off."""
-        if peer not in self._trying:
-            self._due[peer] = _Due(now + AFTER_SESSION_LOST, RETRY_FIRST)
+        """The last session with ``peer`` ended."""
+        since = self._connected_at.pop(peer, None)
+        if peer in self._trying:
+            return
+        if since is not None and now - since >= SETTLED:
+            self._pause.pop(peer, None)
+            self._due[peer] = _Due(now + AFTER_SESSION_LOST)
+        else:
+            self.failed(peer, now)
 
-    def soon(self, now: float, peers: Iterable[bytes] | None = None) -> None:
-        """Make ``peers`` (default: every contact known here) due now."""
+    def soon(self, now: float, peers: Iterable[bytes] | None = None,
+             spread: float = 0.0) -> None:
+        """Make ``peers`` (default: every contact known here) due now, or within ``spread`` s."""
         for peer in (list(self._due) if peers is None else peers):
+            at = max(now + spread * self._draw(),
+                     self._last_try.get(peer, -MIN_INTERVAL) + MIN_INTERVAL)
             entry = self._due.get(peer)
-            if entry is None:
-                self._due[peer] = _Due(now, RETRY_FIRST)
-            else:
-                entry.at = min(entry.at, now)
+            if entry is None or entry.lookup_only or at < entry.at:
+                self._due[peer] = _Due(min(at, entry.at) if entry else at)
 
     def forget(self, keep: set[bytes]) -> None:
         """Drop plans for peers no longer contacts."""
-        for peer in [p for p in self._due if p not in keep]:
-            del self._due[peer]
+        for table in (self._due, self._pause, self._last_try, self._connected_at):
+            for peer in [p for p in table if p not in keep]:
+                del table[peer]
 
 
 class KeepInTouch:
@@ -135,6 +161,7 @@ class KeepInTouch:
         self._attempts: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._slots = asyncio.Semaphore(AT_ONCE)
+        self._events: asyncio.Queue[dict[str, Any] | None] | None = None
 
     def register(self) -> None:
         self.node.add_session_listener(self._on_session)
@@ -152,7 +179,7 @@ class KeepInTouch:
         self._task = None
 
     def _on_session(self, info: PeerSession) -> None:
-        self.plan.connected(info.remote.key)
+        self.plan.connected(info.remote.key, asyncio.get_running_loop().time())
 
     def _contacts_offline(self) -> list[bytes]:
         contacts = self.node.contact_keys()
@@ -163,16 +190,18 @@ class KeepInTouch:
         loop = asyncio.get_running_loop()
         # Spread so two nodes started together do not both dial at the same instant.
         await asyncio.sleep(FIRST_PASS * (1 + random.random()))
-        events = self.node.events.subscribe()
-        watcher = loop.create_task(self._watch(events))
+        self._events = self.node.events.subscribe()
+        watcher = loop.create_task(self._watch())
         try:
             while True:
                 now = loop.time()
+                self.node.presence.expire_broker_marks()
                 for peer in self.plan.due(self._contacts_offline(), now):
                     task = loop.create_task(self._attempt(peer))
                     self._attempts.add(task)
                     task.add_done_callback(self._attempts.discard)
-                wake_at = self.plan.next_at()
+                # Broker marks age by themselves: look at them at least this often.
+                wake_at = min(self.plan.next_at() or math.inf, now + REGISTERED_RECHECK)
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout_at(wake_at):
@@ -181,33 +210,39 @@ class KeepInTouch:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-            self.node.events.unsubscribe(events)
+            if self._events is not None:
+                self.node.events.unsubscribe(self._events)
+                self._events = None
 
-    async def _watch(self, events: asyncio.Queue[dict[str, Any] | None]) -> None:
+    async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            event = await events.get()
+        while self._events is not None:
+            event = await self._events.get()
             if event is None:
                 # Dropped for falling behind (or the node is closing): catch up.
-                events = self.node.events.subscribe()
-                self.plan.soon(loop.time())
-            else:
-                self._on_event(event, loop.time())
-            self._wake.set()
+                self._events = self.node.events.subscribe()
+                self.plan.soon(loop.time(), spread=BROKER_SPREAD)
+                self._wake.set()
+            elif self._on_event(event, loop.time()):
+                self._wake.set()
 
-    def _on_event(self, event: dict[str, Any], now: float) -> None:
+    def _on_event(self, event: dict[str, Any], now: float) -> bool:
+        """Update the plan from a node event; True if it may have changed."""
         kind = event["type"]
         if kind == "broker.registered":
-            self.plan.soon(now)
-            return
+            # Every node of a broker that restarts registers again at once: spread out.
+            self.plan.soon(now, spread=BROKER_SPREAD)
+            return True
+        if kind in ("contact.added", "contact.changed"):
+            return True
         if kind not in ("nearby.joined", "nearby.updated", "session.closed", "broker.punch"):
-            return
+            return False
         try:
             peer = PublicIdentity.from_address(str(event.get("address", ""))).key
         except InvalidAddress:
-            return
+            return False
         if self.node.standing(peer) != "contact":
-            return
+            return False
         if kind == "session.closed":
             if self.node.session_with(peer) is None:
                 self.plan.lost(peer, now)
@@ -217,32 +252,45 @@ class KeepInTouch:
                 self.plan.registered(peer, now)
         else:
             self.plan.soon(now, [peer])
+        return True
 
     async def _attempt(self, peer: bytes) -> None:
         loop = asyncio.get_running_loop()
+        short = PublicIdentity(peer).short
         try:
-            async with self._slots:
-                if self.node.session_with(peer) is None:
-                    await self.node.reach(peer, timeout=REACH_TIMEOUT, relay=False)
-            self.plan.connected(peer)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if not isinstance(exc, (SidedoorError, OSError)):
-                log.warning("reaching %s failed unexpectedly", PublicIdentity(peer).short,
-                            exc_info=exc)
-            log.debug("%s has no direct path now: %s", PublicIdentity(peer).short, exc)
-            if await self._registered_at_a_broker(peer):
+            if not self.plan.lookup_only(peer):
+                try:
+                    async with self._slots:
+                        if self.node.session_with(peer) is None:
+                            await self.node.reach(peer, timeout=REACH_TIMEOUT, relay=False)
+                    self.plan.connected(peer, loop.time())
+                    return
+                except (SidedoorError, OSError) as exc:
+                    log.debug("%s has no direct path now: %s", short, exc)
+            registered = await self._registered_at_a_broker(peer)
+            if registered:
                 self.node.presence.at_broker(peer, True)
                 self.plan.registered(peer, loop.time())
             else:
-                self.node.presence.at_broker(peer, False)
+                if registered is not None:  # unknown: what a broker said earlier stands
+                    self.node.presence.at_broker(peer, False)
                 self.plan.failed(peer, loop.time())
-        self._wake.set()
+        except Exception:
+            log.warning("reaching %s failed unexpectedly", short, exc_info=True)
+        finally:
+            if self.plan.trying(peer):  # whatever happened, the contact is not stuck
+                self.plan.failed(peer, loop.time())
+            self._wake.set()
 
-    async def _registered_at_a_broker(self, peer: bytes) -> bool:
+    async def _registered_at_a_broker(self, peer: bytes) -> bool | None:
+        """True if a broker has ``peer``; False if one said no; None if none answered."""
         remote = PublicIdentity(peer)
+        answer: bool | None = None
         for link in list(self.node.brokers.values()):
-            if link.is_registered and await link.has_registered(remote):
-                return True
-        return False
+            if link.is_registered:
+                said = await link.has_registered(remote)
+                if said:
+                    return True
+                if said is not None:
+                    answer = False
+        return answer

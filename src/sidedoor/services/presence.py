@@ -109,7 +109,7 @@ class Presence:
     # ---------------------------------------------------------------- theirs
     def at_broker(self, peer: bytes, registered: bool) -> None:
         """What a broker said about ``peer`` (see `services.keep_in_touch`)."""
-        before = self.seen_at_broker(peer)
+        before = peer in self._at_broker
         if registered:
             self._at_broker[peer] = time.monotonic()
         else:
@@ -117,6 +117,12 @@ class Presence:
         if before != registered and self.node.session_with(peer) is None:
             self.node.events.emit("presence.changed", address=PublicIdentity(peer).address,
                                   online=registered, last_seen=time.time(), via="broker")
+
+    def expire_broker_marks(self) -> None:
+        """Forget what brokers said long ago (no broker could be asked since): offline."""
+        now = time.monotonic()
+        for peer in [p for p, seen in self._at_broker.items() if now - seen >= AT_BROKER_FRESH]:
+            self.at_broker(peer, False)
 
     def seen_at_broker(self, peer: bytes) -> bool:
         seen = self._at_broker.get(peer)
