@@ -114,3 +114,14 @@ def test_the_umask_is_read_without_changing_it() -> None:
         assert os.umask(0o027) == 0o027
     finally:
         os.umask(old)
+
+
+def test_under_a_strict_umask_modes_are_still_the_senders(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        writer, _ = write_small(tmp_path, {"a.txt": (b"a", 0o644), "b.sh": (b"b", 0o755)})
+    finally:
+        os.umask(old)
+    writer.close()
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.sh").stat().st_mode) == 0o755

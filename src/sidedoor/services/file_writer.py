@@ -65,10 +65,6 @@ def _read_umask() -> int | None:
     return None
 
 
-# A file created with its final mode needs no chmod when the umask lets that mode
-# through (typically 0o644 under 022): one system call less per small file.
-_UMASK = _read_umask()
-
 
 def _pwrite_all(fd: int, pieces: list[memoryview], position: int) -> None:
     """Write every piece at ``position`` on: pwritev may write less than asked.
@@ -130,6 +126,9 @@ class IncomingFiles:
         # Whole small files are written as unnamed files (O_TMPFILE) and linked under
         # their final name; False once this filesystem (or a missing /proc) says no.
         self._unnamed = hasattr(os, "O_TMPFILE")
+        # A file created with its final mode needs no chmod when the umask lets that
+        # mode through (typically 0o644 under 022): one system call less per small file.
+        self._umask = _read_umask()
 
     # -------------------------------------------------------------- folders
     def claim_roots(self) -> dict[str, str]:
@@ -289,10 +288,9 @@ class IncomingFiles:
             final = self._write_partial(dir_fd, file, entry, pieces, parts[-1])
         return digest, "/".join((*parts[:-1], final))
 
-    @staticmethod
-    def _creation_mode(entry: FileEntry) -> tuple[int, bool]:
+    def _creation_mode(self, entry: FileEntry) -> tuple[int, bool]:
         """The mode to create a file with, and whether it still needs a chmod."""
-        if _UMASK is not None and not entry.mode & _UMASK:
+        if self._umask is not None and not entry.mode & self._umask:
             return entry.mode, False
         return 0o600, True
 
