@@ -43,6 +43,11 @@ CHUNK = 1 << 20
 SINK = "bench-sink"
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mib(pid: int) -> float:
     text = Path(f"/proc/{pid}/status").read_text()
     match = re.search(r"VmRSS:\s+(\d+) kB", text)
@@ -59,7 +64,7 @@ async def registered(node: Node, url: str) -> BrokerLink:
 
 async def receiver(home: Path, url: str) -> None:
     """A node that sinks channels and reports byte counts; joins the sender's invite."""
-    node = Node(home, host=HOST, port=0, remember_port=False)
+    node = Node(home, host=HOST, port=0, remember_port=False, keep_in_touch=False)
 
     async def sink(remote: PublicIdentity, stream: ChannelStream) -> None:
         total = 0
@@ -105,12 +110,14 @@ async def relay_rounds(workdir: Path, size: int, rounds: int) -> dict[str, list[
         [sys.executable, __file__, "--role", "receiver", "--home", str(workdir / "bob"),
          "--url", url], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert peer.stdin is not None and peer.stdout is not None
-    results: dict[str, list[float]] = {"direct": [], "relayed": []}
+    results: dict[str, list[float]] = {"direct": [], "relayed": [], "broker_cpu": []}
     try:
         stdout = peer.stdout
         info = json.loads(await loop.run_in_executor(None, stdout.readline))
         bob = PublicIdentity.from_address(info["address"])
-        async with Node(workdir / "alice", host=HOST, port=0, remember_port=False) as alice:
+        # No background sessions: each round chooses its path.
+        async with Node(workdir / "alice", host=HOST, port=0, remember_port=False,
+                        keep_in_touch=False) as alice:
             link = await registered(alice, url)
             invite = await alice.invites.create()
             peer.stdin.write(f"{invite.code}\n")
@@ -126,7 +133,10 @@ async def relay_rounds(workdir: Path, size: int, rounds: int) -> dict[str, list[
                         conn = await alice.connect(bob, HOST, info["port"])
                     else:
                         conn = await link.relay(bob, timeout=10)
+                    cpu = cpu_seconds(broker.pid)
                     results[kind].append(await send_through(conn, size))
+                    if kind == "relayed":
+                        results["broker_cpu"].append(cpu_seconds(broker.pid) - cpu)
                     await conn.aclose("round done")
                     await asyncio.sleep(0.2)
         peer.stdin.write("\n")
@@ -264,6 +274,8 @@ def main() -> None:
         print(f"  {'path':<10}{'MB/s':>10}{'÷ direct':>12}")
         print(f"  {'direct':<10}{direct:>10.0f}{1.0:>12.2f}")
         print(f"  {'relayed':<10}{relayed:>10.0f}{relayed / direct:>12.2f}")
+        broker_cpu = statistics.median(rounds["broker_cpu"]) / (size / (1 << 30))
+        print(f"  broker CPU: {broker_cpu:.2f} s per GiB relayed")
         cap = asyncio.run(capacity(workdir, args.peers))
         print(f"\nCapacity: {cap['alive']} of {cap['peers']} idle registered peers held; "
               f"registered in {cap['seconds']:.1f} s; broker RSS {cap['rss_mib']:.0f} MiB "

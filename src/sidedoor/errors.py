@@ -148,6 +148,10 @@ class BrokerError(SidedoorError):
     """A broker refused a request or could not do it; the message says why."""
 
 
+class BrokerRefused(BrokerError):
+    """The broker answered, and the answer is no (not registered, busy, ...)."""
+
+
 class ConnectError(SidedoorError):
     """The peer could not be reached over the network."""
 

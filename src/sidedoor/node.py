@@ -54,6 +54,7 @@ from sidedoor.services.chat import Chat
 from sidedoor.services.contacts import ContactBook, Standing
 from sidedoor.services.introductions import Introductions
 from sidedoor.services.invites import Invites
+from sidedoor.services.keep_in_touch import KeepInTouch
 from sidedoor.services.mail import Mail
 from sidedoor.services.presence import Presence
 from sidedoor.services.transfers import Transfers
@@ -80,6 +81,9 @@ SessionListener = Callable[["PeerSession"], None]
 RACE_STAGGER = 0.25
 # A relayed session being replaced is closed when idle, or after this long anyway.
 UPGRADE_DRAIN_SECONDS = 3600
+# A relayed session with no channel open this long is closed: a broker has few relay
+# slots for everyone, and presence does not need one (services.keep_in_touch).
+RELAYED_IDLE_CLOSE = 600.0
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -196,6 +200,7 @@ class Node:
         session_config: SessionConfig | None = None,
         remember_port: bool = True,
         discovery: bool = False,
+        keep_in_touch: bool = True,
     ) -> None:
         self.home = ensure_home(home)
         self.host = host
@@ -230,12 +235,16 @@ class Node:
         CardUpdates(self).register()
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
+        self.relayed_idle_close = RELAYED_IDLE_CLOSE
         self._upgrades: set[asyncio.Task[None]] = set()
         self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
         self.chat = Chat(self)
         self.chat.register()
         self.presence = Presence(self)
         self.presence.register()
+        self.keep_in_touch = KeepInTouch(self)
+        self.keep_in_touch.register()
+        self.want_keep_in_touch = keep_in_touch
         self.want_discovery = discovery
         self.discovery: Discovery | None = None
         self._advertised: dict[str, str] = {}
@@ -278,6 +287,8 @@ class Node:
             await self.presence.start()
             await self.transfers.start()
             self.started_at = time.time()
+            if self.want_keep_in_touch:
+                self.keep_in_touch.start()
             log.info("node %s listening on %s:%d", identity.address, self.host, self.port)
         except BaseException:
             await self.aclose()
@@ -386,6 +397,7 @@ class Node:
             return
         self._closed = True
         self._stopped.set()
+        await self.keep_in_touch.aclose()
         await self.transfers.aclose()
         if self._server is not None:
             self._server.close()
@@ -572,11 +584,15 @@ class Node:
         log.info("session %s with %s (%s, %s, %s)", direction, remote.address, standing,
                  info.path, addr)
         self.events.emit("session.opened", **info.describe())
-        if info.contact and info.path == "relayed" and self.public.key < remote.key:
-            # One side drives the upgrade (the smaller key), so the two do not race.
-            task = asyncio.ensure_future(self._upgrade(conn, remote))
-            self._upgrades.add(task)
-            task.add_done_callback(self._upgrades.discard)
+        if info.path == "relayed":
+            jobs = [self._close_when_idle(conn)]
+            if info.contact and self.public.key < remote.key:
+                # One side drives the upgrade (the smaller key), so the two do not race.
+                jobs.append(self._upgrade(conn, remote))
+            for job in jobs:
+                task = asyncio.ensure_future(job)
+                self._upgrades.add(task)
+                task.add_done_callback(self._upgrades.discard)
         if info.contact:
             for listener in self._session_listeners:
                 try:
@@ -699,6 +715,9 @@ class Node:
         return make_card(self.identity, self.display_name, self.listen_addresses(),
                          list(self.brokers), int(time.time()))
 
+    def contact_keys(self) -> list[bytes]:
+        return [key for key, standing in self._standing.items() if standing == "contact"]
+
     def session_with(self, identity: bytes) -> Connection | None:
         """The open session with ``identity``; a direct one rather than a relayed one."""
         found: Connection | None = None
@@ -750,6 +769,23 @@ class Node:
                 conn.close("upgraded to a direct path")
                 return
 
+    async def _close_when_idle(self, conn: Connection) -> None:
+        """Close a relayed session once no channel has been open for `relayed_idle_close` s."""
+        step = max(self.relayed_idle_close / 10, 0.05)
+        idle_since: float | None = None
+        opened = -1
+        loop = asyncio.get_running_loop()
+        while conn.is_open and not self._closed:
+            await asyncio.sleep(step)
+            if conn.session.open_channels or conn.session.channels_opened != opened:
+                opened = conn.session.channels_opened
+                idle_since = None
+            elif idle_since is None:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= self.relayed_idle_close:
+                conn.close("idle: the relay is freed until there is something to send")
+                return
+
     async def connect_any(self, remote: PublicIdentity, addrs: list[str],
                           timeout: float = 10.0) -> Connection:
         """A session with ``remote``: the live one, else the first of ``addrs`` that answers."""
@@ -784,11 +820,12 @@ class Node:
         return list(dict.fromkeys(addrs))
 
     async def reach(self, identity: bytes, timeout: float = 10.0,
-                    addrs: list[str] | None = None) -> Connection:
+                    addrs: list[str] | None = None, relay: bool = True) -> Connection:
         """A session with ``identity``: the live one, or the first path that authenticates.
 
         ``addrs`` adds addresses to try (from a link, a card); strangers are reached
-        the same way, for an introduction.
+        the same way, for an introduction. ``relay=False`` leaves the brokers' relays
+        out (a session for presence alone is not worth a relay slot).
 
         Candidates are raced (happy eyeballs): the addresses known directly (LAN, its
         card, the last dial), then, through each broker, the addresses it reports, a
@@ -806,7 +843,7 @@ class Node:
             if link.is_registered:
                 attempts.append(Attempt(f"via {link.address.host}", 0.05 if addrs else 0.0,
                                         functools.partial(link.reach, remote, set(addrs),
-                                                          timeout)))
+                                                          timeout, relay)))
         if not attempts:
             raise ConnectError(f"no known way to reach {remote.short}…: it was never seen "
                                "on this network and no broker is connected")
@@ -833,7 +870,11 @@ class Node:
                            timeout: float = 10.0) -> Connection:
         """Authenticate ``remote`` on an already connected socket (relay, punched hole)."""
         assert self.db is not None
-        static = await self.db.run(self.db.peer_static, remote.key)
+        try:
+            static = await self.db.run(self.db.peer_static, remote.key)
+        except BaseException:
+            sock.close()  # cancelled (another path won the race): nothing else owns it
+            raise
         session = new_session(
             Role.INITIATOR, self._keys(), verify_noise_proof,
             pattern=Pattern.IK if static is not None else Pattern.XX,
@@ -857,6 +898,11 @@ class Node:
         conn.via = via
         try:
             await loop.create_connection(lambda: conn, sock=sock)
+        except BaseException:
+            sock.close()
+            self._pending.discard(conn)
+            raise
+        try:
             async with asyncio.timeout(timeout):
                 await conn.handshake
         except TimeoutError:

@@ -60,8 +60,9 @@ async def test_relay_carries_an_end_to_end_session_as_ciphertext(node_factory,  
                                                                   broker_factory) -> None:
     seen = bytearray()
     broker: BrokerServer = await broker_factory(tap=seen.extend)
-    a: Node = await node_factory()
-    b: Node = await node_factory()
+    # No background reaching: the test chooses the path.
+    a: Node = await node_factory(keep_in_touch=False)
+    b: Node = await node_factory(keep_in_touch=False)
     await befriend(a, b)
     for conn in [*a.sessions, *b.sessions]:
         conn.close("start over")
@@ -86,6 +87,10 @@ async def test_relay_carries_an_end_to_end_session_as_ciphertext(node_factory,  
     assert b"plaintext the broker" not in seen
     info = next(i for i in b.sessions.values() if i.remote == a.public)
     assert info.path == "relayed"
+    # Both ends close: the relay is over at once, not at its idle timeout.
+    conn.close("done")
+    await eventually(lambda: broker.metrics.relays_active == 0, timeout=5,
+                     what="the relay to end when both ends have closed")
 
 
 async def test_a_relay_token_works_once_and_garbage_is_dropped(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
@@ -258,8 +263,9 @@ async def test_a_half_open_relay_is_dropped(node_factory, broker_factory,  # typ
 
 
 async def test_a_relayed_session_is_upgraded_to_a_direct_one(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
-    a: Node = await node_factory()
-    b: Node = await node_factory()
+    # No background reaching: the test chooses the path.
+    a: Node = await node_factory(keep_in_touch=False)
+    b: Node = await node_factory(keep_in_touch=False)
     await befriend(a, b)
     for conn in [*a.sessions, *b.sessions]:
         conn.close("start over")
@@ -294,3 +300,31 @@ async def test_contacts_learn_a_newer_card_when_a_session_opens(node_factory, br
             break
         await asyncio.sleep(0.05)
     assert await b_knows()
+
+
+async def test_an_idle_relayed_session_is_closed_to_free_the_relay(node_factory, broker) -> None:  # type: ignore[no-untyped-def]
+    a: Node = await node_factory(keep_in_touch=False)
+    b: Node = await node_factory(keep_in_touch=False)
+    await befriend(a, b)
+    for conn in [*a.sessions, *b.sessions]:
+        conn.close("start over")
+    a.relayed_idle_close = b.relayed_idle_close = 2.0
+    link = await registered(a, broker)
+    await registered(b, broker)
+    got: list[bytes] = []
+
+    async def sink(remote: PublicIdentity, stream: Any) -> None:
+        got.append(await stream.read_all(1024))
+
+    b.add_channel_handler("test-sink", sink)
+    relayed = await link.relay(b.public, timeout=10)
+    # Short channels, one after another, longer in all than the idle limit: kept.
+    for i in range(10):
+        stream = await relayed.open_channel("test-sink")
+        await stream.write(b"%d" % i)
+        stream.end()
+        await asyncio.sleep(0.4)
+    assert relayed.is_open and len(got) == 10
+    await eventually(lambda: not relayed.is_open, timeout=10, what="the idle session closed")
+    assert "idle" in (relayed.session.close_reason or "")
+    await eventually(lambda: broker.metrics.relays_active == 0, what="the relay freed")

@@ -2,8 +2,9 @@
 
 The first four bytes of a connection decide what it is: ``sdor`` starts a Noise
 session (the broker's control channel, see `proto.broker`); ``sdrl`` + token is one
-half of a relay, parked until its other half arrives, then spliced byte for byte.
-Anything else is dropped at once.
+half of a relay, parked until its other half arrives, then joined byte for byte:
+in the kernel (`broker.splice`) unless a tap wants to see the bytes. Anything else
+is dropped at once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import resource
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +25,8 @@ from aiohttp import web
 
 from sidedoor.broker.core import BrokerState, PendingRelay
 from sidedoor.broker.mailbox import Mailbox
+from sidedoor.broker.splice import AVAILABLE as SPLICE_AVAILABLE
+from sidedoor.broker.splice import SplicedRelay
 from sidedoor.errors import BrokerError, MessageError, SidedoorError
 from sidedoor.identity import Identity, PublicIdentity, load_or_create_identity, verify_noise_proof
 from sidedoor.net.connection import ChannelStream, Connection, local_keys, new_session
@@ -39,6 +45,14 @@ UPKEEP_INTERVAL = 10.0
 # Thousands of idle peers: small read buffers, and a channel window just over the
 # largest message (an envelope).
 BROKER_SESSION = SessionConfig(channel_window=wire.MAX_MESSAGE + 4096, receive_buffer=4096)
+
+
+def _raise_descriptor_limit() -> None:
+    """Soft limit up to the hard one: thousands of sessions, six descriptors a relay."""
+    with contextlib.suppress(ValueError, OSError):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and soft < hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 @dataclass
@@ -79,6 +93,7 @@ class _RelayHalf(asyncio.Protocol):
         self.buffered = bytearray()
         self.last_active = time.monotonic()
         self.closed = False
+        self.got_eof = False
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -102,8 +117,15 @@ class _RelayHalf(asyncio.Protocol):
             self.partner.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
-        if self.partner is not None and self.partner.transport.can_write_eof():
-            self.partner.transport.write_eof()
+        self.got_eof = True
+        partner = self.partner
+        if partner is not None and partner.got_eof:
+            # Both ways have ended: nothing more can cross, so the relay is over (asyncio
+            # would keep both half-closed transports until the idle timeout).
+            partner.transport.close()
+            return None
+        if partner is not None and partner.transport.can_write_eof():
+            partner.transport.write_eof()
             return True
         return None
 
@@ -112,6 +134,19 @@ class _RelayHalf(asyncio.Protocol):
         self.server._relay_half_lost(self)
         if self.partner is not None and not self.partner.closed:
             self.partner.transport.close()
+
+    def abort(self) -> None:
+        self.transport.abort()
+
+    def detach(self) -> socket.socket:
+        """Take the socket away from asyncio's transport (which is then closed)."""
+        self.transport.pause_reading()
+        raw = self.transport.get_extra_info("socket")
+        sock = socket.socket(fileno=os.dup(raw.fileno()))
+        self.closed = True
+        self.transport.set_protocol(asyncio.Protocol())
+        self.transport.abort()  # closes asyncio's descriptor; ours keeps the connection
+        return sock
 
 
 class _Sniffer(asyncio.Protocol):
@@ -168,7 +203,8 @@ class BrokerServer:
                  relay_idle: float = 120.0, relay_wait: float = 30.0,
                  mailbox_quota: tuple[int, int] = (2000, 64 << 20),
                  health: tuple[str, int] | None = None,
-                 tap: Callable[[bytes], None] | None = None) -> None:
+                 tap: Callable[[bytes], None] | None = None,
+                 splice: bool = True) -> None:
         self.data_dir = data_dir
         self.host, self.requested_port = host, port
         self.public_host = public_host
@@ -177,6 +213,8 @@ class BrokerServer:
         self.mailbox_quota = mailbox_quota
         self.health_addr = health
         self.tap = tap
+        # The tap must see every byte, so it keeps the copy in Python.
+        self.splice = splice and SPLICE_AVAILABLE and tap is None
         self.state = BrokerState(max_relays=max_relays)
         self.metrics = Metrics()
         self.identity: Identity | None = None
@@ -189,6 +227,7 @@ class BrokerServer:
         self._pending: set[Connection] = set()
         self._parked: dict[bytes, _RelayHalf] = {}
         self._halves: set[_RelayHalf] = set()
+        self._spliced: set[SplicedRelay] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._upkeep: asyncio.Task[None] | None = None
 
@@ -202,6 +241,7 @@ class BrokerServer:
     # ---------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _raise_descriptor_limit()
         identity, _ = await asyncio.to_thread(load_or_create_identity, self.data_dir)
         self.identity = identity
         count, size = self.mailbox_quota
@@ -230,7 +270,9 @@ class BrokerServer:
         for conn in list(self._pending):
             conn.close("the broker is shutting down")
         for half in list(self._halves):
-            half.transport.abort()
+            half.abort()
+        for relay in list(self._spliced):
+            relay.abort()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -437,9 +479,12 @@ class BrokerServer:
             if rest:
                 half.data_received(rest)
             return
-        half.partner, other.partner = other, half
         self.metrics.relays_started += 1
         self.metrics.relays_active += 1
+        if self.splice:
+            self._join_in_kernel(other, half, rest)
+            return
+        half.partner, other.partner = other, half
         if other.buffered:
             data, other.buffered = bytes(other.buffered), bytearray()
             self.metrics.relay_bytes += len(data)
@@ -449,6 +494,41 @@ class BrokerServer:
             other.transport.resume_reading()
         if rest:
             half.data_received(rest)
+
+    def _join_in_kernel(self, first: _RelayHalf, second: _RelayHalf, rest: bytes) -> None:
+        self._halves.discard(first)
+        self._halves.discard(second)
+        waiting, first.buffered = bytes(first.buffered), bytearray()
+
+        def counted(count: int) -> None:
+            self.metrics.relay_bytes += count
+
+        detached: list[socket.socket] = []
+        try:
+            detached.append(first.detach())
+            detached.append(second.detach())
+            relay = SplicedRelay(asyncio.get_running_loop(), detached[0], detached[1],
+                                 waiting, rest, on_bytes=counted,
+                                 on_end=self._spliced_relay_ended)
+        except OSError as exc:
+            # Out of descriptors, most likely: this relay fails, the broker goes on.
+            log.warning("could not join a relay: %s", exc)
+            for sock in detached:
+                sock.close()
+            for half in (first, second):
+                half.abort()
+            self.metrics.relays_active -= 1
+            self.state.relay_ended()
+            return
+        self._spliced.add(relay)
+        counted(len(waiting) + len(rest))
+        relay.start()
+
+    def _spliced_relay_ended(self, relay: SplicedRelay) -> None:
+        if relay in self._spliced:
+            self._spliced.discard(relay)
+            self.metrics.relays_active -= 1
+            self.state.relay_ended()
 
     def _relay_half_lost(self, half: _RelayHalf) -> None:
         if half not in self._halves:
@@ -471,9 +551,12 @@ class BrokerServer:
                 idle = now - half.last_active
                 partner_idle = (now - half.partner.last_active) if half.partner else idle
                 if half.partner is None and idle > self.relay_wait:
-                    half.transport.abort()  # half-open: its partner never came
+                    half.abort()  # half-open: its partner never came
                 elif min(idle, partner_idle) > self.relay_idle:
-                    half.transport.abort()
+                    half.abort()
+            for relay in list(self._spliced):
+                if now - relay.last_active > self.relay_idle:
+                    relay.abort()
             if self.mailbox is not None:
                 with contextlib.suppress(SidedoorError):
                     await asyncio.to_thread(self.mailbox.expire, time.time())

@@ -57,10 +57,13 @@ class PeopleRoutes:
         info = contact.as_dict(self.node.public)
         conn = self.node.session_with(contact.identity)
         session = self.node.sessions.get(conn) if conn is not None else None
-        info["online"] = session is not None
+        state = self.node.presence.state_of(contact.identity)
+        info["online"] = state != "offline"
         info["away"] = self.node.presence.is_away(contact.identity)
-        info["presence"] = self.node.presence.state_of(contact.identity)
-        info["path"] = session.path if session is not None else None
+        info["presence"] = state
+        # "broker": online at a broker, with no session (see services.keep_in_touch).
+        info["path"] = session.path if session is not None else (
+            "broker" if info["online"] else None)
         return info
 
     async def _resolve(self, who: str) -> Contact:

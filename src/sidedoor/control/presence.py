@@ -10,7 +10,8 @@
                                                     told to those online, at most every 3 s
                                                     -> {told}
 
-Events on /v1/events: ``presence.changed`` {address, online, last_seen} (sessions),
+Events on /v1/events: ``presence.changed`` {address, online, last_seen[, via: "broker"]}
+(sessions; "broker": registered at a broker, reachable only through its relay),
 ``presence.away`` {address, away, since}, ``chat.typing`` {conversation, address, name}.
 """
 
@@ -45,7 +46,7 @@ class PresenceRoutes:
             "contacts": [
                 {"address": c.public.address, "name": c.petname,
                  "presence": node.presence.state_of(c.identity),
-                 "online": node.session_with(c.identity) is not None,
+                 "online": node.presence.state_of(c.identity) != "offline",
                  "away": node.presence.is_away(c.identity), "last_seen": c.last_seen}
                 for c in contacts if not c.blocked]})
 

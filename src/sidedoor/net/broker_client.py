@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from sidedoor.errors import BrokerError, ConnectError, SidedoorError
+from sidedoor.errors import BrokerError, BrokerRefused, ConnectError, SidedoorError
 from sidedoor.identity import PublicIdentity, verify_noise_proof
 from sidedoor.net.connection import ChannelStream, Connection, dial, new_session
 from sidedoor.net.race import Attempt, race
@@ -194,6 +194,9 @@ class BrokerLink:
                 case wire.RelayIncoming():
                     self._spawn(self._answer_relay(message))
                 case wire.PunchAt():
+                    # Someone online wants a path to us: presence learns from it too.
+                    self.node.events.emit("broker.punch", url=self.url,
+                                          address=PublicIdentity(message.peer).address)
                     self._spawn(self._punch_back(message))
                 case wire.MailItem():
                     if self.on_mail is not None:
@@ -216,7 +219,7 @@ class BrokerLink:
         finally:
             self._waiting.pop(rid, None)
         if isinstance(reply, wire.Refused):
-            raise BrokerError(f"the broker says: {reply.reason}")
+            raise BrokerRefused(f"the broker says: {reply.reason}")
         return reply
 
     async def send(self, message: wire.ToBroker) -> None:
@@ -226,9 +229,25 @@ class BrokerLink:
         await self._stream.write_message(wire.encode(message))
 
     # ------------------------------------------------------------------ paths
+    async def has_registered(self, remote: PublicIdentity) -> bool | None:
+        """Whether ``remote`` is registered here and lets us find it; None if the broker
+        cannot be asked now.
+
+        A node that does not list us (it blocked or removed us) is still "found" when
+        it accepts strangers' requests, but with no address: that counts as no.
+        """
+        try:
+            found = await self.request(lambda rid: wire.Lookup(rid, remote.key))
+        except BrokerRefused:
+            return False
+        except (SidedoorError, OSError):
+            return None
+        return isinstance(found, wire.Found) and bool(found.listen_addrs or found.observed)
+
     async def reach(self, remote: PublicIdentity, tried: set[str],
-                    timeout: float) -> Connection:
-        """Through this broker: the addresses it knows, a punched hole, then the relay."""
+                    timeout: float, relay: bool = True) -> Connection:
+        """Through this broker: the addresses it knows, a punched hole, then the relay
+        (unless ``relay`` is false: a relay is a broker's scarcest resource)."""
         found = await self.request(lambda rid: wire.Lookup(rid, remote.key))
         assert isinstance(found, wire.Found)
         attempts: list[Attempt] = []
@@ -239,8 +258,12 @@ class BrokerLink:
                                     self.node._dial_text(remote, addr, timeout)))
         if found.observed:
             attempts.append(Attempt("punched", 0.0, lambda: self.punch(remote, timeout)))
-        attempts.append(Attempt("relayed", RELAY_AFTER if found.observed else 0.0,
-                                lambda: self.relay(remote, timeout)))
+        if relay:
+            attempts.append(Attempt("relayed", RELAY_AFTER if found.observed else 0.0,
+                                    lambda: self.relay(remote, timeout)))
+        if not attempts:
+            raise ConnectError(f"{remote.short}… is registered at {self.address.hostport}, "
+                               "but only through its relay")
         return await race(attempts, timeout, f"{remote.short}… via {self.address.hostport}")
 
     async def relay(self, remote: PublicIdentity, timeout: float) -> Connection:

@@ -544,10 +544,15 @@ async def dial(
                 _, conn = await loop.create_connection(make, sock=sock)
             else:
                 _, conn = await loop.create_connection(make, host, port)
-    except TimeoutError:
-        raise ConnectError(f"{host}:{port} did not answer within {timeout:g} s") from None
-    except OSError as exc:
-        raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+    except BaseException as exc:
+        if sock is not None:
+            sock.close()  # no transport took it (a cancelled race loser, a timeout)
+        if isinstance(exc, TimeoutError):
+            raise ConnectError(f"{host}:{port} did not answer within {timeout:g} s") from None
+        if isinstance(exc, OSError):
+            raise ConnectError(
+                f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        raise
     try:
         async with asyncio.timeout(timeout):
             await conn.handshake

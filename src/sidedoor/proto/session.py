@@ -180,6 +180,7 @@ class Session:
         self._events: deque[SessionEvent] = deque()
         self._channels: dict[int, _Channel] = {}
         self._next_channel = 1 if role is Role.INITIATOR else 2
+        self.channels_opened = 0  # by either side, ever: how busy the session has been
         self._rr: deque[int] = deque()  # channels with data waiting, round robin
         # Channels we reset: the peer may still have messages for them in flight.
         self._reset_ids: dict[int, None] = {}
@@ -467,6 +468,7 @@ class Session:
             self._queue_control(m.ChannelReject(cid, "too many channels open"))
             return
         self._channels[cid] = _Channel(cid, kind, _ChannelState.REQUESTED, send_credit=window)
+        self.channels_opened += 1
         self._events.append(ChannelRequested(cid, kind, meta))
 
     def _open_channel_or_fail(self, cid: int) -> _Channel:
@@ -483,6 +485,7 @@ class Session:
             raise LocalProtocolError("channel kind or meta over the size limits")
         cid = self._next_channel
         self._next_channel += 2
+        self.channels_opened += 1
         window = self.config.channel_window
         self._channels[cid] = _Channel(
             cid, kind, _ChannelState.OPENING, recv_remaining=window, recv_window=window

@@ -78,7 +78,6 @@ BATCH = 1000             # frames written in one go
 MAX_IN_FLIGHT = 4        # batches written before the first one's answers are awaited
 MAX_COURIER_ROUNDS = 10_000
 MAX_SYNC_ROUNDS = 100
-CATCH_UP_PARALLEL = 8
 RETRY_FIRST = 2.0        # an unreachable peer is tried again after this, doubling...
 RETRY_MAX = 300.0        # ...up to this
 INDEX_DELAY = 1.0        # new messages join the search index in bulk, this long after
@@ -477,39 +476,23 @@ class Chat:
         self.node.mail.add_handler(wire.KIND, self._on_mail)
 
     async def start(self) -> None:
-        """Load rooms; reach every contact (presence, outboxes, room catch-up)."""
+        """Load rooms; flush outboxes; act on sessions that opened before the rooms were loaded."""
         rooms = await self.db_run(self.store.rooms)
         self.rooms = {r.state.room: r for r in rooms}
-        # Coming online, the node says hello to every contact: presence comes from
-        # sessions, outboxes flush both ways, rooms catch up. Those we owe something
-        # get a courier, which also mails what cannot go and tries again later.
+        # Coming online, the node reaches every contact (`services.keep_in_touch`), and
+        # each session that opens flushes outboxes both ways and catches rooms up. Those
+        # we owe something get a courier now, which also mails what cannot go and tries
+        # again later.
         assert self.node.contacts is not None
         contacts = {c.identity for c in await self.db_run(self.node.contacts.all)
                     if not c.blocked}
         owed = set(await self.db_run(self.store.outbox_peers)) & contacts
         for peer in sorted(owed):
             self.courier(peer).flush()
-        others = sorted(contacts - owed - {self.me})
-        if others:
-            self.spawn(self._catch_up(others))
-
-    async def _catch_up(self, peers: list[bytes]) -> None:
-        limit = asyncio.Semaphore(CATCH_UP_PARALLEL)
-
-        async def one(peer: bytes) -> None:
-            async with limit:
-                if self.stopping:
-                    return
-                try:
-                    conn = await self.node.reach(peer, REACH_TIMEOUT)
-                except (SidedoorError, OSError, TimeoutError) as exc:
-                    log.info("chat: %s not reachable at start-up: %s",
-                             PublicIdentity(peer).short, exc)
-                    return
-                # A session that was already there was not announced to us: act on it.
+        for peer in sorted(contacts - owed - {self.me}):
+            conn = self.node.session_with(peer)
+            if conn is not None:
                 self._after_session(peer, conn)
-
-        await asyncio.gather(*(one(p) for p in peers))
 
     # ------------------------------------------------------------- plumbing
     @property
@@ -619,8 +602,9 @@ class Chat:
         if not conns:
             del self._online[peer]
             if not self.stopping:
+                online = self.node.presence.state_of(peer) != "offline"  # at a broker
                 self.emit("presence.changed", address=PublicIdentity(peer).address,
-                          online=False, last_seen=time.time())
+                          online=online, last_seen=time.time())
 
     def is_online(self, peer: bytes) -> bool:
         return self.node.session_with(peer) is not None

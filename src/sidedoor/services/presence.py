@@ -1,7 +1,9 @@
 """Presence: whether each contact is online, away or offline, and who is typing.
 
 Online and offline come from sessions (a contact is online while a session with it
-is open). Away is what the contact says: each node tells its contacts its status
+is open) and from brokers: a contact reachable only through a broker's relay has no
+session kept open for presence (`services.keep_in_touch`), and is online while a
+broker says it is registered. Away is what the contact says: each node tells its contacts its status
 (``available`` or ``away``) when a session opens and whenever it changes. Typing
 signals go only to contacts with a live session: someone offline does not need to
 know, and nothing is ever stored. Non-contacts get neither (channels of this kind
@@ -29,6 +31,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SETTING_AWAY = "away-since"  # ms since the epoch; empty when available
+# A broker's "registered" counts this long: keep_in_touch asks again well before.
+AT_BROKER_FRESH = 300.0
 
 
 class Presence:
@@ -38,6 +42,7 @@ class Presence:
         self.statuses: dict[bytes, wire.Status] = {}
         self._limiter = wire.TypingLimiter()
         self._typing_sent: dict[bytes, float] = {}
+        self._at_broker: dict[bytes, float] = {}  # monotonic time a broker said "registered"
 
     def register(self) -> None:
         self.node.add_channel_handler(wire.KIND, self._on_signal)
@@ -102,10 +107,31 @@ class Presence:
         return told
 
     # ---------------------------------------------------------------- theirs
+    def at_broker(self, peer: bytes, registered: bool) -> None:
+        """What a broker said about ``peer`` (see `services.keep_in_touch`)."""
+        before = peer in self._at_broker
+        if registered:
+            self._at_broker[peer] = time.monotonic()
+        else:
+            self._at_broker.pop(peer, None)
+        if before != registered and self.node.session_with(peer) is None:
+            self.node.events.emit("presence.changed", address=PublicIdentity(peer).address,
+                                  online=registered, last_seen=time.time(), via="broker")
+
+    def expire_broker_marks(self) -> None:
+        """Forget what brokers said long ago (no broker could be asked since): offline."""
+        now = time.monotonic()
+        for peer in [p for p, seen in self._at_broker.items() if now - seen >= AT_BROKER_FRESH]:
+            self.at_broker(peer, False)
+
+    def seen_at_broker(self, peer: bytes) -> bool:
+        seen = self._at_broker.get(peer)
+        return seen is not None and time.monotonic() - seen < AT_BROKER_FRESH
+
     def state_of(self, peer: bytes) -> str:
         """``online``, ``away`` or ``offline``, as a person would say it."""
         if self.node.session_with(peer) is None:
-            return "offline"
+            return "online" if self.seen_at_broker(peer) else "offline"
         status = self.statuses.get(peer)
         return "away" if status is not None and status.state == "away" else "online"
 

@@ -1044,7 +1044,8 @@ class Transfers:
             digest, path = result
             machine.on_digest(file, chunk, digest)  # raises if it is wrong
             assert path is not None
-            progress.chunks.append((file, chunk))
+            # A finished file's row stands for all its chunks (no row per chunk: one
+            # insert per small file, not two).
             progress.files.append((file, path))
 
         def finished(file: int, fut: asyncio.Future[str]) -> None:
@@ -1113,11 +1114,10 @@ class Transfers:
                              else left[1])
                     with contextlib.suppress(BaseException):
                         results = await (left[3] if left[0] == "file" else left[2])
-                        for (file, chunk, _, _), result in zip(
+                        for (file, _, _, _), result in zip(
                                 items, results if left[0] == "files" else [results],
                                 strict=True):
                             if isinstance(result, tuple) and result[1] is not None:
-                                progress.chunks.append((file, chunk))
                                 progress.files.append((file, result[1]))
                 elif left[0] == "finished":
                     with contextlib.suppress(BaseException):

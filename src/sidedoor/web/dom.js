@@ -74,6 +74,9 @@ export const PATH_WORDS = {
 
 export function presence(contact) {
   if (contact.blocked) return "Blocked";
+  if (contact.online && contact.path === "broker") {
+    return `${contact.away ? "Away" : "Online"} · reachable through the broker`;
+  }
   if (contact.online) {
     return `${contact.away ? "Away" : "Online"} · connected ${PATH_WORDS[contact.path] || "directly"}`;
   }

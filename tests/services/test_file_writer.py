@@ -1,0 +1,127 @@
+"""The receiver's disk writer on its own: small files written whole, both ways of naming them."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+import blake3
+import pytest
+
+from sidedoor.proto.transfer import FileEntry, Manifest
+from sidedoor.services import file_writer
+from sidedoor.services.file_writer import IncomingFiles
+
+TID = bytes(range(16))
+MTIME = 1_600_000_000 * 10**9 + 7
+
+
+def entry(path: str, data: bytes, mode: int = 0o644) -> FileEntry:
+    return FileEntry(path, len(data), mode, MTIME, blake3.blake3(data).digest())
+
+
+def write_small(dest: Path, files: dict[str, tuple[bytes, int]],
+                unnamed: bool = True) -> tuple[IncomingFiles, list[object]]:
+    manifest = Manifest([entry(p, d, m) for p, (d, m) in files.items()])
+    writer = IncomingFiles(dest, TID, manifest, {})
+    writer._unnamed = writer._unnamed and unnamed
+    writer.claim_roots()
+    items = [(i, 0, [memoryview(d)], f.hashes) for i, (f, (d, _)) in
+             enumerate(zip(manifest.files, files.values(), strict=True))]
+    results: list[object] = list(writer.write_files(items))
+    return writer, results
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-then-linked", "partial"])
+def test_small_files_arrive_with_mode_and_time_and_nothing_else(
+        tmp_path: Path, unnamed: bool) -> None:
+    files = {"box/a.txt": (b"alpha", 0o644), "box/b.sh": (b"#!/bin/sh\n", 0o755),
+             "box/secret": (b"s", 0o600), "box/odd": (b"o", 0o666)}
+    writer, results = write_small(tmp_path, files, unnamed)
+    writer.close()
+    assert [r[1] for r in results] == list(files)  # type: ignore[index]
+    for path, (data, mode) in files.items():
+        st = (tmp_path / path).stat()
+        assert (tmp_path / path).read_bytes() == data
+        assert stat.S_IMODE(st.st_mode) == mode  # 0o666 too: a chmod past the umask
+        assert st.st_mtime_ns == MTIME
+    assert sorted(p.name for p in (tmp_path / "box").iterdir()) == sorted(
+        Path(p).name for p in files)
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-then-linked", "partial"])
+def test_a_taken_name_is_never_replaced(tmp_path: Path, unnamed: bool) -> None:
+    writer, _ = write_small(tmp_path, {"r.txt": (b"first", 0o644)}, unnamed)
+    writer.close()
+    writer, results = write_small(tmp_path, {"r.txt": (b"second", 0o644)}, unnamed)
+    writer.close()
+    assert results[0][1] == "r (1).txt"  # type: ignore[index]
+    assert (tmp_path / "r.txt").read_bytes() == b"first"
+    assert (tmp_path / "r (1).txt").read_bytes() == b"second"
+
+
+def test_bytes_that_do_not_hash_right_are_not_written(tmp_path: Path) -> None:
+    manifest = Manifest([entry("x.bin", b"the real bytes")])
+    writer = IncomingFiles(tmp_path, TID, manifest, {})
+    [result] = writer.write_files([(0, 0, [memoryview(b"forged bytes!!")],
+                                    manifest.files[0].hashes)])
+    writer.close()
+    assert result[1] is None  # type: ignore[index]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_filesystem_without_unnamed_files_falls_back_to_partial_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_open = os.open
+    tried: list[int] = []
+
+    def no_tmpfile(path: str, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            tried.append(flags)
+            raise OSError(errno.EOPNOTSUPP, "not supported")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    files = {f"f{i}.txt": (bytes([i]) * 10, 0o644) for i in range(3)}
+    writer, results = write_small(tmp_path, files)
+    assert [r[1] for r in results] == list(files)  # type: ignore[index]
+    writer.close()
+    assert len(tried) == 1  # asked once, then remembered
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(files)
+    assert all((tmp_path / p).read_bytes() == d for p, (d, _) in files.items())
+
+
+def test_when_linking_is_refused_the_file_is_written_the_partial_way(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_proc(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOENT, "no /proc")
+
+    monkeypatch.setattr(os, "link", no_proc)
+    writer, results = write_small(tmp_path, {"a.txt": (b"a", 0o644)})
+    assert not writer._unnamed
+    writer.close()
+    assert results[0][1] == "a.txt"  # type: ignore[index]
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert (tmp_path / "a.txt").read_bytes() == b"a"
+
+
+def test_the_umask_is_read_without_changing_it() -> None:
+    old = os.umask(0o027)
+    try:
+        assert file_writer._read_umask() == 0o027
+        assert os.umask(0o027) == 0o027
+    finally:
+        os.umask(old)
+
+
+def test_under_a_strict_umask_modes_are_still_the_senders(tmp_path: Path) -> None:
+    old = os.umask(0o077)
+    try:
+        writer, _ = write_small(tmp_path, {"a.txt": (b"a", 0o644), "b.sh": (b"b", 0o755)})
+    finally:
+        os.umask(old)
+    writer.close()
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.sh").stat().st_mode) == 0o755
