@@ -37,8 +37,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+from sidedoor import event_loop
 from sidedoor.control.client import ControlClient
 from sidedoor.node import Node
 
@@ -243,8 +244,7 @@ async def throughput_sidedoor(sender_home: Path, receiver_pid: int, receiver_add
 
 class Echo(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
@@ -286,7 +286,7 @@ def run_raw(workdir: Path, rtt_count: int, count: int) -> dict[str, float]:
             if time.monotonic() > deadline:
                 raise SystemExit("the raw echo server did not start")
             time.sleep(0.05)
-        return asyncio.run(raw_client(int(port_file.read_text()), rtt_count, count))
+        return event_loop.run(raw_client(int(port_file.read_text()), rtt_count, count))
     finally:
         server.kill()
         server.wait()
@@ -304,7 +304,7 @@ def main() -> None:
     parser.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.role == "raw-server":
-        asyncio.run(raw_server(args.port_file))
+        event_loop.run(raw_server(args.port_file))
         return
 
     with tempfile.TemporaryDirectory(prefix="sidedoor-bench-") as tmp:
@@ -320,12 +320,12 @@ def main() -> None:
             sd(bob, "join", link)
             bob_status: dict[str, Any] = json.loads(sd(bob, "status", "--json"))
             alice_pid = int(json.loads(sd(alice, "status", "--json"))["pid"])
-            rtts, api, rtt_cpu = asyncio.run(rtt_sidedoor(
+            rtts, api, rtt_cpu = event_loop.run(rtt_sidedoor(
                 alice, bob, bob_status["address"], args.rtt, (alice_pid, int(bob_status["pid"])),
                 lean=not args.aiohttp_client))
             # Throughput: Alice's node, now in this process, writes to Bob (a real process).
             sd(alice, "down")
-            tput = asyncio.run(throughput_sidedoor(alice, int(bob_status["pid"]),
+            tput = event_loop.run(throughput_sidedoor(alice, int(bob_status["pid"]),
                                                    bob_status["address"], args.messages))
         finally:
             for home in (alice, bob):
@@ -351,6 +351,7 @@ def main() -> None:
           f"p50 {pct(api, 0.5) * 1e3:.2f} ms, p99 {pct(api, 0.99) * 1e3:.2f} ms")
     print(f"  CPU per round trip: sender node {rtt_cpu[0] * 1e6:.0f} us, receiver node "
           f"{rtt_cpu[1] * 1e6:.0f} us (with one GET /v1/status each)")
+    print(f"  event loop of the nodes and of this script: {bob_status.get('event_loop', '?')}")
     print(f"  machine load average while measuring: {os.getloadavg()[0]:.2f} "
           f"on {os.cpu_count()} CPUs")
 

@@ -87,7 +87,8 @@ def homes(tmp_path: Path) -> Iterator[dict[str, Path]]:
 def test_outbox_delivers_once_when_the_contact_comes_back(homes: dict[str, Path]) -> None:
     nodes = start([homes["Ann"], homes["Bob"]])
     ann, bob = nodes[homes["Ann"]], nodes[homes["Bob"]]
-    befriend(ann, bob)
+    assert as_json(sd_in(ann.home, "status", "--json"))["event_loop"] == "uvloop"
+    befriend(ann, bob)  # an invite and a join between two nodes on uvloop
     ok(sd_in(bob.home, "down"))
     said = ok(sd(ann.home, "say", "Bob", "lunch at 12?"))  # a real process: exit 0
     assert "Stored" in said.stdout

@@ -258,6 +258,22 @@ async def test_event_stream_ends_when_the_node_closes(api: Api) -> None:
         assert rest.strip() == b""  # no more events, and the stream ended
 
 
+async def test_an_event_with_any_text_is_one_line_of_json(api: Api) -> None:
+    """Events are encoded by msgspec: line breaks and other control characters in the
+    data stay escaped (one ``data:`` line per event), non-ASCII text arrives as itself."""
+    text = "Zoë\nsays:\r\u2028 «hi»\x00 \U0001f600"
+    async with api.http.get(api.base + "/v1/events", headers=api.auth) as resp:
+        assert await resp.content.readline() == b": connected\n"
+        assert await resp.content.readline() == b"\n"
+        api.node.events.emit("test.text", text=text, nested={"n": [1, 2.5, None, True]})
+        assert await asyncio.wait_for(resp.content.readline(), 5) == b"event: test.text\n"
+        line = await asyncio.wait_for(resp.content.readline(), 5)
+        assert line.startswith(b"data: ") and line.endswith(b"\n")
+        data = json.loads(line[len(b"data: "):])
+        assert data["text"] == text and data["nested"] == {"n": [1, 2.5, None, True]}
+        assert await resp.content.readline() == b"\n"
+
+
 async def test_closing_the_api_ends_open_event_streams_promptly(api: Api) -> None:
     """`sidedoor down` must not hang because a client is watching the event stream."""
     async with api.http.get(api.base + "/v1/events", headers=api.auth) as resp:

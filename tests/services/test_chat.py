@@ -491,3 +491,45 @@ async def test_a_new_message_does_not_wait_for_answers_to_earlier_ones(
         return [m.state for m in await history(alice, bob.public.key)] == ["delivered"] * 2
     await until(delivered)
     assert [m.text for m in await history(bob, alice.public.key)] == ["one", "two"]
+
+
+async def test_answers_share_the_next_message_s_commit(
+        node_factory: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Group commit: a peer's answer waits (up to SETTLE_DELAY) for the next message
+    and goes into the same transaction; with no next message it is written alone."""
+    from sidedoor.services import chat as chat_service
+
+    monkeypatch.setattr(chat_service, "SETTLE_DELAY", 0.5)
+    alice, bob = await pair(node_factory)
+    store = alice.chat.store
+    writes: list[tuple[list[str], list[int]]] = []
+    real_write = store.write
+
+    def recording_write(items: Any, settles: Any, now: int) -> Any:
+        writes.append(([m.text for m, _ in items], [len(s[1]) for s in settles]))
+        return real_write(items, settles, now)
+
+    monkeypatch.setattr(store, "write", recording_write)
+    events = alice.events.subscribe()
+    one = await alice.chat.send(bob.public.key, "one")
+
+    async def answer_waits() -> bool:
+        return bool(alice.chat._batcher.settles)
+    await until(answer_waits, timeout=5)  # Bob stored "one"; Alice holds his answer
+    assert (await history(alice, bob.public.key))[0].state == "pending"
+    await alice.chat.send(bob.public.key, "two")
+    assert writes == [(["one"], []), (["two"], [1])]  # "one" settled with "two"
+    states = {m.text: m.state for m in await history(alice, bob.public.key)}
+    assert states["one"] == "delivered"
+    delivered = []
+    while not events.empty():
+        event = events.get_nowait()
+        assert event is not None
+        if event["type"] == "chat.delivered":
+            delivered.append(event["id"])
+    assert delivered == [one.id.hex()]
+
+    async def two_delivered() -> bool:  # no message follows: written alone, later
+        return (await history(alice, bob.public.key))[-1].state == "delivered"
+    await until(two_delivered, timeout=5)
+    assert writes[2:] == [([], [1])]

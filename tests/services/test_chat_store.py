@@ -52,8 +52,13 @@ def test_stored_order_matches_the_rule(messages: list[tuple[bytes, int, int, int
                 batch.append((msg, ROOM))
             stored = [(m.sender, m.seq, m.order_at) for m in store.history(ROOM, limit=1000)]
             assert stored == [(p.sender, p.seq, p.order_at) for p in timeline.order()]
-            # The same messages again: nothing new.
+            # The same messages again (one batch, and each one twice in a batch): nothing
+            # new, and nothing moves; duplicates insert nothing and touch no other row.
             assert store.store_incoming(batch, NOW) == []
+            for dup in batch:
+                assert store.store_incoming([dup, dup], NOW + 10**9) == []
+            again = [(m.sender, m.seq, m.order_at) for m in store.history(ROOM, limit=1000)]
+            assert again == stored
         finally:
             db.close()
 

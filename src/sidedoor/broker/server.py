@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -159,7 +159,9 @@ class _Sniffer(asyncio.Protocol):
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports do not derive from
+        # asyncio's classes.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.timer = asyncio.get_running_loop().call_later(SNIFF_TIMEOUT, transport.abort)
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sidedoor import __version__
+from sidedoor import __version__, event_loop
 from sidedoor.cli import chat as chat_cli
 from sidedoor.cli import files, people, web
 from sidedoor.cli import presence as presence_cli
@@ -188,7 +188,8 @@ def up_command(ctx: Context, port: int | None, host: str, detach: bool,
         out.print("[green]Node running.[/] Press Ctrl-C to stop.")
         _print_status(status)
 
-    _run(run_node(home, host=host, port=port, discovery=not no_discovery, on_ready=ready))
+    event_loop.run(run_node(home, host=host, port=port, discovery=not no_discovery,
+                            on_ready=ready))
     out.print("Node stopped.")
 
 

@@ -36,6 +36,7 @@ import contextlib
 import functools
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
 from sidedoor.errors import ChatError, InvalidAddress
@@ -62,6 +63,13 @@ def add_routes(app: web.Application, node: Node, read_json: Any) -> None:
 
 # Scripts and the web UI name a conversation by the same address request after request.
 _address_key = functools.lru_cache(maxsize=1024)(decode_address)
+
+
+def _json(data: dict[str, Any]) -> web.Response:
+    """A JSON answer encoded by msgspec: several times cheaper than json.dumps (aiohttp's
+    default), on the path of every message sent and every history page."""
+    return web.Response(body=msgspec.json.encode(data), content_type="application/json",
+                        charset="utf-8")
 
 
 def _int_query(request: web.Request, name: str, default: int | None) -> int | None:
@@ -165,7 +173,7 @@ class ChatRoutes:
         assert since is not None and limit is not None
         messages = await self._run(lambda: self.chat.store.history(
             conv, since=since, before=before, limit=limit))
-        return web.json_response({
+        return _json({
             "conversation": self._describe_conversation(conv, await self._names()),
             "messages": await self._messages(messages)})
 
@@ -181,7 +189,7 @@ class ChatRoutes:
             raise ChatError("'attachments' is a list of hex references")
         refs = tuple(_hex(a, "an attachment") for a in attachments)
         message = await self.chat.send(conv, text, reply_to=reply_to, attachments=refs)
-        return web.json_response(self.chat.describe(message))
+        return _json(self.chat.describe(message))
 
     async def read(self, request: web.Request) -> web.Response:
         conv, _ = await self._resolve(request.match_info["who"])

@@ -25,8 +25,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from aiohttp import web
 
+from sidedoor import event_loop
 from sidedoor.control import brokers, chat, files, people, presence
 from sidedoor.control import web as web_ui
 from sidedoor.errors import InvalidAddress, RemoteProtocolError, SidedoorError
@@ -164,6 +166,7 @@ class ControlServer:
     async def _status(self, request: web.Request) -> web.Response:
         status = self.node.status()
         status["control_port"] = self.port
+        status["event_loop"] = event_loop.loop_name()
         return web.json_response(status)
 
     async def _identity(self, request: web.Request) -> web.Response:
@@ -229,8 +232,9 @@ class ControlServer:
                     continue
                 if event is None:
                     break
-                line = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n"
-                await response.write(line.encode())
+                # msgspec: several times cheaper than json.dumps, on every event.
+                await response.write(b"event: %s\ndata: %s\n\n" % (
+                    event["type"].encode(), msgspec.json.encode(event)))
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:

@@ -13,7 +13,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, cast
 
 from sidedoor.errors import (
     ConnectError,
@@ -248,7 +248,9 @@ class Connection(asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # A cast, not an isinstance check: uvloop's transports do not derive from
+        # asyncio's classes.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         self.peername = transport.get_extra_info("peername")
         self.sockname = transport.get_extra_info("sockname")

@@ -56,7 +56,14 @@ from sidedoor.proto.chat import (
     SyncResponse,
 )
 from sidedoor.proto.framing import encode_message
-from sidedoor.services.chat_store import ChatStore, OutItem, Room, StoredMessage
+from sidedoor.services.chat_store import (
+    ChatStore,
+    OutItem,
+    Room,
+    Settle,
+    Settled,
+    StoredMessage,
+)
 
 if TYPE_CHECKING:
     from sidedoor.node import Node, PeerSession
@@ -75,6 +82,7 @@ RETRY_FIRST = 2.0        # an unreachable peer is tried again after this, doubli
 RETRY_MAX = 300.0        # ...up to this
 INDEX_DELAY = 1.0        # new messages join the search index in bulk, this long after
 SHORT_WRITE = 64         # writes of up to this many messages may run on the loop (db_short)
+SETTLE_DELAY = 0.005     # answers wait this long for a message to share their commit
 
 
 def now_ms() -> int:
@@ -320,8 +328,7 @@ class Courier:
                 else:
                     refused.append((item.ref, answer.reason or "refused"))
         try:
-            delivered, failed = await chat.db_short(len(batch), chat.store.settle, self.peer,
-                                                    stored, refused, now_ms())
+            delivered, failed = await chat._batcher.settle((self.peer, stored, refused))
         except SidedoorError as exc:
             log.warning("chat: could not record answers from %s: %s",
                         PublicIdentity(self.peer).short, exc)
@@ -361,13 +368,23 @@ class Courier:
 
 
 class _Batcher:
-    """Collects our outgoing messages and stores them in as few transactions as it can."""
+    """Writes our outgoing messages, and the peers' answers to earlier ones, in as few
+    transactions as it can (group commit).
+
+    A message is written at once (the API call waits for it). Answers wait up to
+    `SETTLE_DELAY` for a message to share their commit: in a burst, each message then
+    costs one commit instead of two (one for it, one for its answer), and a commit is
+    most of a small write's cost. Outside bursts the only difference is that
+    "delivered" is recorded (and told) a few milliseconds later.
+    """
 
     def __init__(self, chat: Chat) -> None:
         self.chat = chat
         self.pending: list[tuple[tuple[Message, list[tuple[bytes, bytes]]],
                                  asyncio.Future[None]]] = []
+        self.settles: list[tuple[Settle, asyncio.Future[Settled]]] = []
         self.running = False
+        self._timer: asyncio.TimerHandle | None = None
 
     def submit(self, msg: Message, outbox: list[tuple[bytes, bytes]]) -> asyncio.Future[None]:
         """Queue a message for the next transaction; the future says when it is stored.
@@ -377,21 +394,42 @@ class _Batcher:
         self.pending.append(((msg, outbox), fut))
         return fut
 
+    def settle(self, item: Settle) -> asyncio.Future[Settled]:
+        """Queue a peer's answers; the future gets what they settled once written."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Settled] = loop.create_future()
+        self.settles.append((item, fut))
+        if self.chat.stopping:
+            self.start()  # no message will follow; the database closes soon
+        elif not self.running and self._timer is None:
+            self._timer = loop.call_later(SETTLE_DELAY, self.start)
+        return fut
+
     def start(self) -> None:
-        if not self.running and self.pending:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.running and (self.pending or self.settles):
             self.running = True
             self.chat.spawn(self._run())
 
     async def _run(self) -> None:
+        chat = self.chat
         try:
-            while self.pending:
+            while self.pending or self.settles:
                 batch, self.pending = self.pending, []
+                settles, self.settles = self.settles, []
+                rows = len(batch) + sum(len(s[1]) + len(s[2]) for s, _ in settles)
                 try:
-                    await self.chat.db_short(len(batch), self.chat.store.store_outgoing,
-                                             [item for item, _ in batch], now_ms())
-                    self.chat.stored()
+                    settled: list[Settled] = await chat.db_short(
+                        rows, chat.store.write, [item for item, _ in batch],
+                        [item for item, _ in settles], now_ms())
+                    if batch:
+                        chat.stored()
                 except BaseException as exc:
-                    for _, fut in batch:
+                    futs: list[asyncio.Future[Any]] = [f for _, f in batch]
+                    futs.extend(f for _, f in settles)
+                    for fut in futs:
                         if not fut.done():
                             fut.set_exception(exc)
                     if not isinstance(exc, Exception):
@@ -400,6 +438,9 @@ class _Batcher:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
+                    for (_, sfut), result in zip(settles, settled, strict=True):
+                        if not sfut.done():
+                            sfut.set_result(result)
         finally:
             self.running = False
 

@@ -62,6 +62,12 @@ class OutItem:
     mailed: bool
 
 
+# A peer's answers to record: (peer, ids it stored, (id, reason) it refused).
+Settle = tuple[bytes, list[bytes], list[tuple[bytes, str]]]
+# What they settled: (id, conversation) of our messages delivered, and of those refused.
+Settled = tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]
+
+
 @dataclass(frozen=True)
 class Room:
     state: RoomState
@@ -146,37 +152,51 @@ class ChatStore:
     def store_outgoing(self, items: list[tuple[Message, list[tuple[bytes, bytes]]]],
                        now: int) -> None:
         """Our messages, and their frames for each recipient's outbox, in one transaction."""
-        def run(conn: sqlite3.Connection) -> None:
-            clocks: dict[bytes, tuple[int, int]] = {}
-            for msg, _ in items:
-                seq, newest = clocks.get(msg.to, (0, 0))
-                clocks[msg.to] = (max(seq, msg.seq + 1), max(newest, msg.sent_at))
+        self.write(items, [], now)
+
+    def write(self, items: list[tuple[Message, list[tuple[bytes, bytes]]]],
+              settles: list[Settle], now: int) -> list[Settled]:
+        """`store_outgoing` and `settle` in one transaction (group commit: a burst of
+        messages costs one commit for what was sent and what was answered). Returns
+        what each of ``settles`` settled, in order."""
+        def run(conn: sqlite3.Connection) -> list[Settled]:
             with self._transaction(conn):
-                conn.executemany(
-                    "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
-                    "received_at, order_at, text, reply_to, attachments, signature, mine, "
-                    "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
-                    [(msg.id, msg.to, msg.sender, msg.seq, msg.sent_at, now, msg.sent_at,
-                      msg.text, msg.reply_to or None,
-                      wire._encoder.encode(msg.attachments) if msg.attachments else None,
-                      msg.signature or None, "pending" if outbox else "sent")
-                     for msg, outbox in items])
-                conn.executemany(
-                    "INSERT INTO chat_conversations (id, kind, next_seq, newest_at) "
-                    "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
-                    "next_seq = max(next_seq, excluded.next_seq), "
-                    "newest_at = max(newest_at, excluded.newest_at)",
-                    [(conv, "room" if len(conv) == wire.ID_LEN else "direct", seq, newest)
-                     for conv, (seq, newest) in clocks.items()])
-                # A direct message waits as itself (state pending); a room message waits
-                # once per member, in the outbox.
-                rows = [(peer, msg.id, msg.to, frame, now)
-                        for msg, outbox in items if msg.is_room for peer, frame in outbox]
-                if rows:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, "
-                        "created_at) VALUES (?, ?, ?, ?, ?)", rows)
-        self._call(run)
+                if items:
+                    self._store_outgoing(conn, items, now)
+                return [self._settle(conn, peer, stored, refused, now)
+                        for peer, stored, refused in settles]
+        return self._call(run)
+
+    def _store_outgoing(self, conn: sqlite3.Connection,
+                        items: list[tuple[Message, list[tuple[bytes, bytes]]]], now: int) -> None:
+        clocks: dict[bytes, tuple[int, int]] = {}
+        for msg, _ in items:
+            seq, newest = clocks.get(msg.to, (0, 0))
+            clocks[msg.to] = (max(seq, msg.seq + 1), max(newest, msg.sent_at))
+        conn.executemany(
+            "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
+            "received_at, order_at, text, reply_to, attachments, signature, mine, "
+            "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            [(msg.id, msg.to, msg.sender, msg.seq, msg.sent_at, now, msg.sent_at,
+              msg.text, msg.reply_to or None,
+              wire._encoder.encode(msg.attachments) if msg.attachments else None,
+              msg.signature or None, "pending" if outbox else "sent")
+             for msg, outbox in items])
+        conn.executemany(
+            "INSERT INTO chat_conversations (id, kind, next_seq, newest_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "next_seq = max(next_seq, excluded.next_seq), "
+            "newest_at = max(newest_at, excluded.newest_at)",
+            [(conv, "room" if len(conv) == wire.ID_LEN else "direct", seq, newest)
+             for conv, (seq, newest) in clocks.items()])
+        # A direct message waits as itself (state pending); a room message waits
+        # once per member, in the outbox.
+        rows = [(peer, msg.id, msg.to, frame, now)
+                for msg, outbox in items if msg.is_room for peer, frame in outbox]
+        if rows:
+            conn.executemany(
+                "INSERT OR IGNORE INTO chat_outbox (peer, ref, room, frame, "
+                "created_at) VALUES (?, ?, ?, ?, ?)", rows)
 
     def queue(self, items: list[tuple[bytes, bytes, bytes | None, bytes]], now: int) -> None:
         """Other frames for the outbox: (peer, ref, room, frame)."""
@@ -218,35 +238,42 @@ class ChatStore:
         self._call(run)
 
     def settle(self, peer: bytes, stored: list[bytes], refused: list[tuple[bytes, str]],
-               now: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+               now: int) -> Settled:
         """The peer answered: drop those frames from its outbox and record what happened
         to our messages among them. Returns (id, conversation) of our messages now
         delivered, and of those refused."""
-        def run(conn: sqlite3.Connection
-                ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
-            with self._transaction(conn):
-                conn.executemany("DELETE FROM chat_outbox WHERE peer = ? AND ref = ?",
-                                 [(peer, ref) for ref in stored]
-                                 + [(peer, ref) for ref, _ in refused])
-                delivered = self._ours(conn, stored)
-                direct = [mid for mid, conv in delivered if len(conv) == wire.KEY_LEN]
-                for i in range(0, len(direct), 500):
-                    chunk = direct[i : i + 500]
-                    conn.execute(
-                        "UPDATE chat_messages SET state = 'delivered' WHERE state IN "
-                        f"('pending', 'mailed', 'sent') AND id IN ({','.join('?' * len(chunk))})",
-                        chunk)
-                conn.executemany("INSERT OR IGNORE INTO chat_receipts VALUES (?, ?, ?, ?)",
-                                 [(mid, peer, "delivered", now) for mid, conv in delivered
-                                  if len(conv) == wire.ID_LEN])
-                reasons = dict(refused)
-                failed = self._ours(conn, list(reasons))
-                conn.executemany(
-                    "UPDATE chat_messages SET state = 'failed', error = ? WHERE id = ?",
-                    [(reasons[mid][: wire.MAX_REASON], mid) for mid, conv in failed
-                     if len(conv) == wire.KEY_LEN])
-            return delivered, failed
-        return self._call(run)
+        (settled,) = self.write([], [(peer, stored, refused)], now)
+        return settled
+
+    def _settle(self, conn: sqlite3.Connection, peer: bytes, stored: list[bytes],
+                refused: list[tuple[bytes, str]], now: int) -> Settled:
+        delivered = self._ours(conn, stored)
+        reasons = dict(refused)
+        failed = self._ours(conn, list(reasons)) if reasons else []
+        # Our direct messages wait as themselves, never in chat_outbox: only the other
+        # frames (room messages, receipts, room updates) have a row there to drop.
+        direct = {mid for mid, conv in (*delivered, *failed) if len(conv) == wire.KEY_LEN}
+        gone = [(peer, ref) for ref in (*stored, *reasons) if ref not in direct]
+        if gone:
+            conn.executemany("DELETE FROM chat_outbox WHERE peer = ? AND ref = ?", gone)
+        ids = [mid for mid, conv in delivered if len(conv) == wire.KEY_LEN]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            conn.execute(
+                "UPDATE chat_messages SET state = 'delivered' WHERE state IN "
+                f"('pending', 'mailed', 'sent') AND id IN ({','.join('?' * len(chunk))})",
+                chunk)
+        receipts = [(mid, peer, "delivered", now) for mid, conv in delivered
+                    if len(conv) == wire.ID_LEN]
+        if receipts:
+            conn.executemany("INSERT OR IGNORE INTO chat_receipts VALUES (?, ?, ?, ?)",
+                             receipts)
+        if failed:
+            conn.executemany(
+                "UPDATE chat_messages SET state = 'failed', error = ? WHERE id = ?",
+                [(reasons[mid][: wire.MAX_REASON], mid) for mid, conv in failed
+                 if len(conv) == wire.KEY_LEN])
+        return delivered, failed
 
     def _ours(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[tuple[bytes, bytes]]:
         """(id, conversation) of those of ``ids`` that are our messages."""
@@ -256,15 +283,6 @@ class ChatStore:
             found.extend((bytes(r[0]), bytes(r[1])) for r in conn.execute(
                 "SELECT id, conversation FROM chat_messages WHERE mine = 1 AND id IN "
                 f"({','.join('?' * len(chunk))})", chunk))
-        return found
-
-    def _existing(self, conn: sqlite3.Connection, ids: list[bytes]) -> set[bytes]:
-        found: set[bytes] = set()
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            found.update(bytes(r[0]) for r in conn.execute(
-                f"SELECT id FROM chat_messages WHERE id IN ({','.join('?' * len(chunk))})",
-                chunk))
         return found
 
     def _mine(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[StoredMessage]:
@@ -288,22 +306,18 @@ class ChatStore:
         """
         def run(conn: sqlite3.Connection) -> list[StoredMessage]:
             new: list[tuple[Message, bytes, int]] = []
-            known = self._existing(conn, [m.id for m, _ in messages])
             newest: dict[bytes, int] = {}
             tips = dict(self._tips)
             try:
-                return _store(conn, known, newest, new)
+                return _store(conn, newest, new)
             except BaseException:
                 self._tips = tips  # rolled back: so is what we learnt
                 raise
 
-        def _store(conn: sqlite3.Connection, known: set[bytes], newest: dict[bytes, int],
+        def _store(conn: sqlite3.Connection, newest: dict[bytes, int],
                    new: list[tuple[Message, bytes, int]]) -> list[StoredMessage]:
             with self._transaction(conn):
                 for msg, conv in messages:
-                    if msg.id in known:
-                        continue
-                    known.add(msg.id)
                     key = (conv, msg.sender)
                     tip = self._tips.get(key)
                     if tip is None:
@@ -313,9 +327,9 @@ class ChatStore:
                             "ORDER BY seq DESC LIMIT 1", key).fetchone()
                         tip = (row[0], row[1]) if row else (0, 0)
                     effective = wire.effective_time(msg.sent_at, now)
-                    if msg.seq > tip[0]:
+                    late = msg.seq <= tip[0]
+                    if not late:
                         order_at = max(effective, tip[1])
-                        tip = (msg.seq, order_at)
                     else:
                         # A gap filled late: order_at never falls as seq grows, so the
                         # floor is the previous seq's, and later ones may have to rise.
@@ -324,30 +338,40 @@ class ChatStore:
                             "WHERE conversation = ? AND sender = ? AND seq < ? "
                             "ORDER BY seq DESC LIMIT 1", (conv, msg.sender, msg.seq)).fetchone()
                         order_at = max(effective, row[0] if row else 0)
+                    attachments = (wire._encoder.encode(msg.attachments)
+                                   if msg.attachments else None)
+                    # A duplicate id (seen before, or twice in this batch) inserts nothing:
+                    # deduplication without a look-up first.
+                    if not conn.execute(
+                            "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
+                            "received_at, order_at, text, reply_to, attachments, signature, "
+                            "mine, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'unread') "
+                            "ON CONFLICT (id) DO NOTHING",
+                            (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
+                             msg.text, msg.reply_to or None, attachments,
+                             msg.signature or None)).rowcount:
+                        continue
+                    if late:
                         conn.execute(
                             "UPDATE chat_messages INDEXED BY chat_messages_sender "
                             "SET order_at = ? WHERE conversation = ? AND sender = ? "
                             "AND seq > ? AND order_at < ?",
                             (order_at, conv, msg.sender, msg.seq, order_at))
                         tip = (tip[0], max(tip[1], order_at))
+                    else:
+                        tip = (msg.seq, order_at)
                     if len(self._tips) > 10_000:
                         self._tips.clear()
                     self._tips[key] = tip
-                    attachments = (wire._encoder.encode(msg.attachments)
-                                   if msg.attachments else None)
-                    conn.execute(
-                        "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
-                        "received_at, order_at, text, reply_to, attachments, signature, mine, "
-                        "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'unread')",
-                        (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
-                         msg.text, msg.reply_to or None, attachments, msg.signature or None))
                     newest[conv] = max(newest.get(conv, 0), order_at)
                     new.append((msg, conv, order_at))
-                conn.executemany(
-                    "INSERT INTO chat_conversations (id, kind, newest_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT(id) DO UPDATE SET newest_at = max(newest_at, excluded.newest_at)",
-                    [(conv, "room" if len(conv) == wire.ID_LEN else "direct", at)
-                     for conv, at in newest.items()])
+                if newest:
+                    conn.executemany(
+                        "INSERT INTO chat_conversations (id, kind, newest_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT(id) DO UPDATE SET "
+                        "newest_at = max(newest_at, excluded.newest_at)",
+                        [(conv, "room" if len(conv) == wire.ID_LEN else "direct", at)
+                         for conv, at in newest.items()])
             senders = list({msg.sender for msg, _, _ in new})
             names = dict(conn.execute(
                 "SELECT identity, petname FROM contacts WHERE identity IN "
