@@ -14,7 +14,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from sidedoor import __version__, event_loop
+from sidedoor import __version__, allocator, event_loop
 from sidedoor.cli import chat as chat_cli
 from sidedoor.cli import files, people, web
 from sidedoor.cli import presence as presence_cli
@@ -183,6 +183,7 @@ def up_command(ctx: Context, port: int | None, host: str, detach: bool,
         out.print(f"[dim]Stop it with: sidedoor --home {safe(home)} down[/]")
         return
     setup_logging(home, debug=ctx.debug, to_stderr=ctx.debug)
+    allocator.tune_for_bulk_io()
 
     def ready(status: dict[str, Any]) -> None:
         out.print("[green]Node running.[/] Press Ctrl-C to stop.")
