@@ -8,9 +8,10 @@ away and catches up from a member who is not the sender, and the interactive
 from __future__ import annotations
 
 import contextlib
+import functools
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,10 @@ from test_cli import (
 )
 
 from sidedoor.testing.broker import start_broker, stop_broker
+from sidedoor.testing.nodes import wait_until
 
 WAIT = 20.0
-
-
-def until(check: Callable[[], Any], timeout: float = WAIT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {check}")
-        time.sleep(0.1)
+until = functools.partial(wait_until, timeout=WAIT)
 
 
 def start(homes: list[Path]) -> dict[Path, Detached]:

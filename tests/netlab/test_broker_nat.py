@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from sidedoor.testing.netlab import Host, Internet, NetLab, nat_unavailable_reason
+from sidedoor.testing.nodes import wait_until
 
 TIMEOUT = 40
 BROKER_PORT = 7700
@@ -252,32 +253,23 @@ def contact_view(person: Person, other: Person) -> dict[str, Any]:
     raise AssertionError(f"{other.name} is not {person.name}'s contact")
 
 
-def wait_for(check: Any, what: str, timeout: float = TIMEOUT) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.5)
-
-
 def test_a_contact_behind_a_symmetric_nat_is_online_without_holding_a_relay(
         internet: Internet, tmp_path: Path, broker: Broker) -> None:
     with people(internet, tmp_path, broker, a={"mapping": "random"}) as (alice, bob):
         pair(alice, bob)
         alice.sd("down")
-        wait_for(lambda: contact_view(bob, alice)["presence"] == "offline", "Alice offline")
+        wait_until(lambda: contact_view(bob, alice)["presence"] == "offline", TIMEOUT,
+                   what="Alice offline")
         alice.sd("up", "--detach", "--no-discovery")  # her broker is remembered
         # Nobody writes: each sees the other online from the broker alone.
-        seen_by_bob = wait_for(lambda: (v := contact_view(bob, alice))["online"] and v,
-                               "Bob to see Alice online")
-        seen_by_alice = wait_for(lambda: (v := contact_view(alice, bob))["online"] and v,
-                                 "Alice to see Bob online")
+        seen_by_bob = wait_until(lambda: (v := contact_view(bob, alice))["online"] and v,
+                                 TIMEOUT, what="Bob to see Alice online")
+        seen_by_alice = wait_until(lambda: (v := contact_view(alice, bob))["online"] and v,
+                                   TIMEOUT, what="Alice to see Bob online")
         assert seen_by_bob["path"] == seen_by_alice["path"] == "broker"
         assert alice.session_path(bob) is None and bob.session_path(alice) is None
         assert broker.stats()["relays_active"] == 0
         # Writing opens the relayed session then.
         bob.sd("say", "Alice Plaintextname", "are you there?")
-        wait_for(lambda: contact_view(bob, alice)["path"] == "relayed", "a relayed session")
+        wait_until(lambda: contact_view(bob, alice)["path"] == "relayed", TIMEOUT,
+                   what="a relayed session")

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import pytest
 
 from sidedoor.testing.netlab import Host, NetLab
+from sidedoor.testing.nodes import wait_until
 
 TIMEOUT = 30
 
@@ -33,16 +33,6 @@ def sd(host: Host, home: Path, *args: str, check: bool = True) -> subprocess.Com
 
 def sd_json(host: Host, home: Path, *args: str) -> Any:
     return json.loads(sd(host, home, *args, "--json").stdout)
-
-
-def wait_for(predicate: Any, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -72,7 +62,8 @@ def test_nearby_then_pair_with_a_code(office: tuple[Host, Path, Host, Path]) -> 
     alice, alice_home, bob, bob_home = office
     alice_address = sd_json(alice, alice_home, "id")["address"]
 
-    seen = wait_for(lambda: sd_json(bob, bob_home, "nearby")["nearby"], what="Alice nearby")
+    seen = wait_until(lambda: sd_json(bob, bob_home, "nearby")["nearby"], timeout=15.0,
+                      what="Alice nearby")
     assert [p["address"] for p in seen] == [alice_address]
     assert seen[0]["name"] == "Alice Office"
     assert seen[0]["hosts"] == [alice.ipv4]
@@ -96,7 +87,8 @@ def test_a_wrong_code_fails_on_both_sides_and_burns_the_code(
     office: tuple[Host, Path, Host, Path],
 ) -> None:
     alice, alice_home, bob, bob_home = office
-    wait_for(lambda: sd_json(bob, bob_home, "nearby")["nearby"], what="Alice nearby")
+    wait_until(lambda: sd_json(bob, bob_home, "nearby")["nearby"], timeout=15.0,
+               what="Alice nearby")
     events = alice.popen(sys.executable, "-c", _EVENT_PRINTER, str(alice_home),
                          stdout=subprocess.PIPE)
     log = EventLog(events)
@@ -108,7 +100,7 @@ def test_a_wrong_code_fails_on_both_sides_and_burns_the_code(
         assert failed.returncode == 1
         assert "did not match" in failed.stderr and "Traceback" not in failed.stderr
         # Alice's node saw the failure too, and retired the code.
-        line = wait_for(lambda: log.first("invite.failed"), what="invite.failed")
+        line = wait_until(lambda: log.first("invite.failed"), timeout=15.0, what="invite.failed")
         assert line["nameplate"] == int(nameplate)
         right = sd(bob, bob_home, "join", code, "--wait", "2", check=False)
         assert right.returncode == 1
@@ -122,7 +114,8 @@ def test_a_wrong_code_fails_on_both_sides_and_burns_the_code(
 
 def test_contact_request_to_someone_nearby(office: tuple[Host, Path, Host, Path]) -> None:
     alice, alice_home, bob, bob_home = office
-    wait_for(lambda: sd_json(bob, bob_home, "nearby")["nearby"], what="Alice nearby")
+    wait_until(lambda: sd_json(bob, bob_home, "nearby")["nearby"], timeout=15.0,
+               what="Alice nearby")
     sent = sd(bob, bob_home, "add", "1", "-m", "hello from the next desk")
     assert "Request sent" in sent.stdout
     incoming = sd_json(alice, alice_home, "requests")["incoming"]

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
+from typing import TypeVar
 
 from sidedoor.node import Node
+
+T = TypeVar("T")
 
 
 def loopback_addrs(node: Node) -> list[str]:
@@ -34,3 +38,17 @@ async def eventually(check: Callable[[], object], timeout: float = 10.0,
         await asyncio.sleep(interval)
     if not check():
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+def wait_until(check: Callable[[], T], timeout: float = 10.0, interval: float = 0.1,
+               what: str = "the condition") -> T:
+    """`eventually` for tests that drive processes: block until ``check()`` returns a
+    true value and return it; AssertionError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
