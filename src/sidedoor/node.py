@@ -236,7 +236,7 @@ class Node:
         self.brokers: dict[str, BrokerLink] = {}
         self.upgrade_interval = 10.0  # first retry of a relayed session's upgrade
         self.relayed_idle_close = RELAYED_IDLE_CLOSE
-        self._upgrades: set[asyncio.Task[None]] = set()
+        self._relayed_jobs: set[asyncio.Task[None]] = set()  # upgrades, idle closes
         self._punches: dict[tuple[str, int], tuple[PublicIdentity, bool]] = {}
         self.chat = Chat(self)
         self.chat.register()
@@ -404,7 +404,7 @@ class Node:
         if self.discovery is not None:
             with contextlib.suppress(Exception):
                 await self.discovery.aclose()
-        for task in list(self._upgrades):
+        for task in list(self._relayed_jobs):
             task.cancel()
         for link in list(self.brokers.values()):
             await link.aclose()
@@ -591,8 +591,8 @@ class Node:
                 jobs.append(self._upgrade(conn, remote))
             for job in jobs:
                 task = asyncio.ensure_future(job)
-                self._upgrades.add(task)
-                task.add_done_callback(self._upgrades.discard)
+                self._relayed_jobs.add(task)
+                task.add_done_callback(self._relayed_jobs.discard)
         if info.contact:
             for listener in self._session_listeners:
                 try:
