@@ -117,6 +117,8 @@ class Presence:
             self._at_broker[peer] = time.monotonic()
         else:
             self._at_broker.pop(peer, None)
+        if registered and self.node.session_with(peer) is None:
+            self.node.chat.reachable_through_broker(peer)
         if announce and before != registered and self.node.session_with(peer) is None:
             self.node.events.emit("presence.changed", address=PublicIdentity(peer).address,
                                   online=registered, last_seen=time.time(), via="broker")
