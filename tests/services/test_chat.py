@@ -470,13 +470,14 @@ async def test_a_new_message_does_not_wait_for_answers_to_earlier_ones(
 
     monkeypatch.setattr(bob.chat, "receive", slow_receive)
     writes: list[int] = []
-    real_send = chat_service.Link.send
+    real_send = chat_service.Link.send_nowait
 
-    async def counting_send(self: chat_service.Link, items: list[tuple[bytes, bytes]]) -> Any:
+    def counting_send(self: chat_service.Link, items: list[tuple[bytes, bytes]]) -> Any:
         writes.append(len(items))
-        return await real_send(self, items)
+        return real_send(self, items)
 
-    monkeypatch.setattr(chat_service.Link, "send", counting_send)
+    # Every write goes through send_nowait (Link.send calls it too).
+    monkeypatch.setattr(chat_service.Link, "send_nowait", counting_send)
 
     async def written(n: int) -> bool:
         return len(writes) >= n
