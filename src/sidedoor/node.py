@@ -123,19 +123,31 @@ class EventBus:
     def __init__(self) -> None:
         # queue -> the kinds it takes (None: every kind)
         self._queues: dict[asyncio.Queue[dict[str, Any] | None], frozenset[str] | None] = {}
+        self._wanted: frozenset[str] | None = frozenset()  # what some queue takes
 
     def subscribe(self, kinds: Iterable[str] | None = None
                   ) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_QUEUE_LIMIT)
         self._queues[queue] = None if kinds is None else frozenset(kinds)
+        self._update_wanted()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
         self._queues.pop(queue, None)
+        self._update_wanted()
+
+    def _update_wanted(self) -> None:
+        wanted: set[str] = set()
+        for kinds in self._queues.values():
+            if kinds is None:
+                self._wanted = None
+                return
+            wanted |= kinds
+        self._wanted = frozenset(wanted)
 
     def wants(self, kind: str) -> bool:
         """Whether some subscriber takes events of ``kind`` (else they need not be built)."""
-        return any(kinds is None or kind in kinds for kinds in self._queues.values())
+        return self._wanted is None or kind in self._wanted
 
     def emit(self, kind: str, **data: Any) -> None:
         event = {"type": kind, "time": time.time(), **data}
@@ -145,7 +157,7 @@ class EventBus:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                self._queues.pop(queue, None)
+                self.unsubscribe(queue)
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
                 queue.put_nowait(None)
@@ -155,6 +167,7 @@ class EventBus:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
         self._queues.clear()
+        self._update_wanted()
 
 
 @dataclass

@@ -651,10 +651,7 @@ class Chat:
         return self.node.session_with(peer) is not None
 
     # -------------------------------------------------------------- sending
-    async def _next_stamp(self, conversation: bytes) -> tuple[int, int]:
-        clock = self._clocks.get(conversation)
-        if clock is None:
-            clock = await self._load_clock(conversation)
+    def _stamp(self, clock: _Clock) -> tuple[int, int]:
         seq = clock.next_seq
         clock.next_seq += 1
         sent_at = wire.next_sent_at(now_ms(), clock.newest_at)
@@ -710,7 +707,8 @@ class Chat:
             recipients = sorted(m for m in room.state.members
                                 if m != self.me and self.node.standing(m) == "contact")
             room_id = conversation
-        seq, sent_at = await self._next_stamp(conversation)
+        clock = self._clocks.get(conversation) or await self._load_clock(conversation)
+        seq, sent_at = self._stamp(clock)
         msg = Message(self._new_id(), self.me, conversation, seq, sent_at, text,
                       reply_to, tuple(attachments))
         if room_id is not None:
@@ -720,9 +718,10 @@ class Chat:
         data = wire.encode(msg)
         # The frame leaves while the transaction runs (the courier records the answer
         # only once it is stored); we return once it is stored here.
-        ready = self._batcher.submit(msg, [(peer, data) for peer in recipients])
+        ready = self._batcher.submit(msg, [(peer, data) for peer in recipients]
+                                     if room_id is not None else [(conversation, data)])
         for peer in recipients:
-            self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)], ready)
+            self.courier(peer).push((OutItem(peer, msg.id, data, room_id, False),), ready)
         self._batcher.start()
         await ready
         stored = StoredMessage(msg.id, conversation, self.me, self.node.display_name, seq,
