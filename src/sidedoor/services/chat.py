@@ -262,7 +262,9 @@ class Courier:
         again = False
         try:
             for _ in range(MAX_COURIER_ROUNDS):
-                if not self.queue and inflight and await self._answered(
+                # A reload (a session opened) is done before parking: while it is due,
+                # new messages cannot be written from `push` (they would overtake it).
+                if not self.queue and not self.reload and inflight and await self._answered(
                         inflight, every=True, wake=True):
                     continue
                 if not self.queue and self.reload:
