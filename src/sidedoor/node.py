@@ -15,7 +15,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,27 +115,49 @@ class EventBus:
     """Fan-out of node events to subscribers (the control API's event streams).
 
     A subscriber that falls more than `EVENT_QUEUE_LIMIT` events behind is dropped
-    rather than let memory grow; its stream ends and the client reconnects.
+    rather than let memory grow; its stream ends and the client reconnects. A
+    subscriber may take only some kinds: then events nobody takes are not built
+    (`wants`), and a busy chat does not wake a service that watches for sessions.
     """
 
     def __init__(self) -> None:
-        self._queues: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        # queue -> the kinds it takes (None: every kind)
+        self._queues: dict[asyncio.Queue[dict[str, Any] | None], frozenset[str] | None] = {}
+        self._wanted: frozenset[str] | None = frozenset()  # what some queue takes
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+    def subscribe(self, kinds: Iterable[str] | None = None
+                  ) -> asyncio.Queue[dict[str, Any] | None]:
         queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(EVENT_QUEUE_LIMIT)
-        self._queues.add(queue)
+        self._queues[queue] = None if kinds is None else frozenset(kinds)
+        self._update_wanted()
         return queue
 
     def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
-        self._queues.discard(queue)
+        self._queues.pop(queue, None)
+        self._update_wanted()
+
+    def _update_wanted(self) -> None:
+        wanted: set[str] = set()
+        for kinds in self._queues.values():
+            if kinds is None:
+                self._wanted = None
+                return
+            wanted |= kinds
+        self._wanted = frozenset(wanted)
+
+    def wants(self, kind: str) -> bool:
+        """Whether some subscriber takes events of ``kind`` (else they need not be built)."""
+        return self._wanted is None or kind in self._wanted
 
     def emit(self, kind: str, **data: Any) -> None:
         event = {"type": kind, "time": time.time(), **data}
-        for queue in list(self._queues):
+        for queue, kinds in list(self._queues.items()):
+            if kinds is not None and kind not in kinds:
+                continue
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
-                self._queues.discard(queue)
+                self.unsubscribe(queue)
                 with contextlib.suppress(asyncio.QueueEmpty):
                     queue.get_nowait()
                 queue.put_nowait(None)
@@ -145,6 +167,7 @@ class EventBus:
             with contextlib.suppress(asyncio.QueueFull):
                 queue.put_nowait(None)
         self._queues.clear()
+        self._update_wanted()
 
 
 @dataclass

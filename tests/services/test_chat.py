@@ -470,13 +470,14 @@ async def test_a_new_message_does_not_wait_for_answers_to_earlier_ones(
 
     monkeypatch.setattr(bob.chat, "receive", slow_receive)
     writes: list[int] = []
-    real_send = chat_service.Link.send
+    real_send = chat_service.Link.send_nowait
 
-    async def counting_send(self: chat_service.Link, items: list[tuple[bytes, bytes]]) -> Any:
+    def counting_send(self: chat_service.Link, items: list[tuple[bytes, bytes]]) -> Any:
         writes.append(len(items))
-        return await real_send(self, items)
+        return real_send(self, items)
 
-    monkeypatch.setattr(chat_service.Link, "send", counting_send)
+    # Every write goes through send_nowait (Link.send calls it too).
+    monkeypatch.setattr(chat_service.Link, "send_nowait", counting_send)
 
     async def written(n: int) -> bool:
         return len(writes) >= n
@@ -533,3 +534,53 @@ async def test_answers_share_the_next_message_s_commit(
         return (await history(alice, bob.public.key))[-1].state == "delivered"
     await until(two_delivered, timeout=5)
     assert writes[2:] == [([], [1])]
+
+
+async def test_a_message_leaves_before_its_own_commit_and_returns_after_it(
+        node_factory: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over an open channel the frame is written first, then the local transaction
+    runs, also while earlier messages wait for answers; `send` (the API's POST) still
+    returns only once the message is stored here."""
+    from sidedoor.services import chat as chat_service
+
+    alice, bob = await pair(node_factory)
+    release = asyncio.Event()
+    real_receive = bob.chat.receive
+
+    async def slow_receive(*args: Any) -> list[wire.Frame]:
+        await release.wait()  # Bob sits on his answers until told
+        return await real_receive(*args)
+
+    monkeypatch.setattr(bob.chat, "receive", slow_receive)
+    order: list[str] = []
+    real_send = chat_service.Link.send_nowait
+
+    def recording_send(self: chat_service.Link, items: list[tuple[bytes, bytes]]) -> Any:
+        order.append("written")
+        return real_send(self, items)
+
+    store = alice.chat.store
+    real_write = store.write
+
+    def recording_write(items: Any, settles: Any, now: int) -> Any:
+        result = real_write(items, settles, now)
+        if items:
+            order.append("committed")
+        return result
+
+    monkeypatch.setattr(chat_service.Link, "send_nowait", recording_send)
+    monkeypatch.setattr(store, "write", recording_write)
+    await alice.chat.send(bob.public.key, "one")
+
+    async def written() -> bool:
+        return order.count("written") == 1
+    await until(written)  # "one" is out and unanswered: the courier waits for its answer
+    order.clear()
+    sent = await alice.chat.send(bob.public.key, "two")
+    assert order == ["written", "committed"]
+    assert (await alice.db.run(store.message, sent.id)) is not None  # stored on return
+    release.set()
+
+    async def delivered() -> bool:
+        return [m.state for m in await history(alice, bob.public.key)] == ["delivered"] * 2
+    await until(delivered)

@@ -148,12 +148,26 @@ class ChannelStream:
             need -= len(chunk)
         return b"".join(parts)
 
-    async def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Queue bytes; waits while too much is queued and not yet sent (backpressure)."""
+    @property
+    def writable(self) -> bool:
+        """Open, and not so much queued that `write` would wait."""
+        return self._closed_reason is None and self._writable.is_set()
+
+    def write_nowait(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes without waiting: for a caller that saw the stream `writable` (one
+        write past the backlog limit is harmless; the next `write` waits)."""
         if self._closed_reason is not None:
             raise ChannelClosedError(f"the channel is closed: {self._closed_reason}")
         self.connection._send(self.id, data)
         self._update_writable()
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes; waits while too much is queued and not yet sent (backpressure)."""
+        self.write_nowait(data)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Wait while too much is queued and not yet sent."""
         while not self._writable.is_set():
             await self._writable.wait()
             if self._closed_reason is not None:

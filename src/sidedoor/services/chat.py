@@ -140,14 +140,28 @@ class Link:
                     fut.set_result(answers)
             self.waiting.clear()
 
-    async def send(self, items: list[tuple[bytes, bytes]]) -> asyncio.Future[list[Frame]]:
+    @property
+    def ready(self) -> bool:
+        """Open, and a write would not wait (`send_nowait` may be used)."""
+        return not self.closed and self.conn.is_open and self.stream.writable
+
+    def send_nowait(self, items: list[tuple[bytes, bytes]]) -> asyncio.Future[list[Frame]]:
         """Write (ref, frame) requests in one go; the future gets their answers, in order
-        (fewer than asked if the channel closed first)."""
+        (fewer than asked if the channel closed first). Does not wait for the channel's
+        backlog to drain: `send` does, and so does a caller that checks `ready` first."""
         if self.closed:
             raise ChatError("the chat channel is closed")
         fut: asyncio.Future[list[Frame]] = asyncio.get_running_loop().create_future()
+        self.stream.write_nowait(b"".join([encode_message(data) for _, data in items]))
         self.waiting.append(([ref for ref, _ in items], [], fut))
-        await self.stream.write(b"".join(encode_message(data) for _, data in items))
+        return fut
+
+    async def send(self, items: list[tuple[bytes, bytes]]) -> asyncio.Future[list[Frame]]:
+        """`send_nowait`, then wait while the channel's backlog is over its limit."""
+        if self.closed:
+            raise ChatError("the chat channel is closed")
+        fut = self.send_nowait(items)
+        await self.stream.drain()
         return fut
 
 
@@ -168,17 +182,45 @@ class Courier:
         # Set while the courier waits for answers with nothing to send: a push (or a
         # flush) resolves it, so a new message goes at once, not after those answers.
         self._wake: asyncio.Future[None] | None = None
+        # Batches written whose answers are awaited: a few at once keep the pipe full.
+        self.inflight: set[asyncio.Task[list[OutItem]]] = set()
 
     def push(self, items: Iterable[OutItem], ready: asyncio.Future[None] | None = None
              ) -> None:
+        idle = not self.queue
         for item in items:
             if item.ref not in self.refs:
                 self.refs.add(item.ref)
                 self.queue.append(item)
                 if ready is not None:
                     self._ready[item.ref] = ready
+        if idle and self.queue and self._send_now():
+            return
         self._start()
         self._poke()
+
+    def _send_now(self) -> bool:
+        """Write the queue down the open channel right here, if nothing else must go
+        first: a message leaves before its own transaction commits (which `_settle`
+        awaits before recording the answer), and without a task switch. True if sent."""
+        if self.reload or self.chat.stopping or len(self.inflight) >= MAX_IN_FLIGHT:
+            return False
+        if self.running and (self._wake is None or self._wake.done()):
+            return False  # the courier is busy (reaching, writing, parking): it sends
+        link = self.chat._links.get(self.peer)
+        if link is None or not link.ready:
+            return False
+        batch = [self.queue.popleft() for _ in range(min(BATCH, len(self.queue)))]
+        try:
+            fut = link.send_nowait([(item.ref, item.frame) for item in batch])
+        except SidedoorError:
+            self.queue.extendleft(reversed(batch))
+            return False
+        self.inflight.add(asyncio.ensure_future(self._settle(batch, fut)))
+        # A courier parked for answers sees this batch when it wakes; if none runs,
+        # one starts to await its answers.
+        self._start()
+        return True
 
     def _poke(self) -> None:
         if self._wake is not None and not self._wake.done():
@@ -216,12 +258,13 @@ class Courier:
 
     async def _run(self) -> None:
         chat = self.chat
-        # Batches written whose answers are awaited: a few at once keep the pipe full.
-        inflight: set[asyncio.Task[list[OutItem]]] = set()
+        inflight = self.inflight
         again = False
         try:
             for _ in range(MAX_COURIER_ROUNDS):
-                if not self.queue and inflight and await self._answered(
+                # A reload (a session opened) is done before parking: while it is due,
+                # new messages cannot be written from `push` (they would overtake it).
+                if not self.queue and not self.reload and inflight and await self._answered(
                         inflight, every=True, wake=True):
                     continue
                 if not self.queue and self.reload:
@@ -265,6 +308,7 @@ class Courier:
         finally:
             for task in inflight:
                 task.cancel()
+            inflight.clear()
             self.running = False
         if again and (self.queue or self.reload) and not chat.stopping:
             self._start()
@@ -334,7 +378,7 @@ class Courier:
                         PublicIdentity(self.peer).short, exc)
             return unanswered
         by = address_of(self.peer)
-        if chat.watched:
+        if delivered and chat.watched("chat.delivered"):
             for mid, conv in delivered:
                 chat.emit("chat.delivered", id=mid.hex(), conversation=conv.hex(), by=by)
         reasons = dict(refused)
@@ -540,10 +584,9 @@ class Chat:
         if not self.stopping:
             self.spawn(self.db_run(self.store.index))
 
-    @property
-    def watched(self) -> bool:
-        """Someone follows the event stream (else events are not worth building)."""
-        return bool(self.node.events._queues)
+    def watched(self, kind: str = "chat.message") -> bool:
+        """Someone takes events of ``kind`` (else they are not worth building)."""
+        return self.node.events.wants(kind)
 
     def emit(self, kind: str, **data: Any) -> None:
         self.node.events.emit(kind, **data)
@@ -635,10 +678,7 @@ class Chat:
         return self.node.session_with(peer) is not None
 
     # -------------------------------------------------------------- sending
-    async def _next_stamp(self, conversation: bytes) -> tuple[int, int]:
-        clock = self._clocks.get(conversation)
-        if clock is None:
-            clock = await self._load_clock(conversation)
+    def _stamp(self, clock: _Clock) -> tuple[int, int]:
         seq = clock.next_seq
         clock.next_seq += 1
         sent_at = wire.next_sent_at(now_ms(), clock.newest_at)
@@ -694,7 +734,8 @@ class Chat:
             recipients = sorted(m for m in room.state.members
                                 if m != self.me and self.node.standing(m) == "contact")
             room_id = conversation
-        seq, sent_at = await self._next_stamp(conversation)
+        clock = self._clocks.get(conversation) or await self._load_clock(conversation)
+        seq, sent_at = self._stamp(clock)
         msg = Message(self._new_id(), self.me, conversation, seq, sent_at, text,
                       reply_to, tuple(attachments))
         if room_id is not None:
@@ -704,16 +745,17 @@ class Chat:
         data = wire.encode(msg)
         # The frame leaves while the transaction runs (the courier records the answer
         # only once it is stored); we return once it is stored here.
-        ready = self._batcher.submit(msg, [(peer, data) for peer in recipients])
+        ready = self._batcher.submit(msg, [(peer, data) for peer in recipients]
+                                     if room_id is not None else [(conversation, data)])
         for peer in recipients:
-            self.courier(peer).push([OutItem(peer, msg.id, data, room_id, False)], ready)
+            self.courier(peer).push((OutItem(peer, msg.id, data, room_id, False),), ready)
         self._batcher.start()
         await ready
         stored = StoredMessage(msg.id, conversation, self.me, self.node.display_name, seq,
                                sent_at, sent_at, sent_at, text, reply_to or None,
                                msg.attachments, True, "pending" if recipients else "sent", None,
                                msg.signature or None)
-        if self.watched:
+        if self.watched():
             self.emit("chat.message", message=self.describe(stored))
         return stored
 
@@ -763,7 +805,7 @@ class Chat:
                 batch.append(frame)
             if batch:
                 replies = await self.receive(remote, batch, "direct")
-                if self.watched:
+                if self.watched():
                     # One loop turn for the event streams to write first: someone is
                     # looking at them, while the answer only settles the sender's outbox.
                     await asyncio.sleep(0)
@@ -827,9 +869,10 @@ class Chat:
             for i, msg, _ in to_store:
                 replies[i] = Ack(msg.id, "stored")
             receipts: dict[tuple[bytes, bytes], list[bytes]] = {}
+            watched = self.watched()
             for m in new:
                 self._seen(m.conversation, m.order_at)
-                if self.watched:
+                if watched:
                     self.emit("chat.message", message=self.describe(m))
                 if via != "direct" or m.sender != sender.key:
                     # No Ack reaches the author this way: a receipt tells it instead.

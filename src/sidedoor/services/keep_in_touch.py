@@ -55,6 +55,9 @@ BROKER_SPREAD = 10.0  # s over which a broker registration spreads the attempts
 REACH_TIMEOUT = 10.0
 AT_ONCE = 4  # reaches in flight; a broker serves many nodes
 REGISTERED_RECHECK = 120.0  # s between lookups of a contact seen only at a broker
+# The events that can change the plan; only these wake the watcher (not every chat message).
+_PEER_EVENTS = frozenset({"nearby.joined", "nearby.updated", "session.closed", "broker.punch"})
+WATCHED_EVENTS = _PEER_EVENTS | {"broker.registered", "contact.added", "contact.changed"}
 
 
 @dataclass
@@ -190,7 +193,7 @@ class KeepInTouch:
         loop = asyncio.get_running_loop()
         # Spread so two nodes started together do not both dial at the same instant.
         await asyncio.sleep(FIRST_PASS * (1 + random.random()))
-        self._events = self.node.events.subscribe()
+        self._events = self.node.events.subscribe(WATCHED_EVENTS)
         watcher = loop.create_task(self._watch())
         try:
             while True:
@@ -220,7 +223,7 @@ class KeepInTouch:
             event = await self._events.get()
             if event is None:
                 # Dropped for falling behind (or the node is closing): catch up.
-                self._events = self.node.events.subscribe()
+                self._events = self.node.events.subscribe(WATCHED_EVENTS)
                 self.plan.soon(loop.time(), spread=BROKER_SPREAD)
                 self._wake.set()
             elif self._on_event(event, loop.time()):
@@ -235,7 +238,7 @@ class KeepInTouch:
             return True
         if kind in ("contact.added", "contact.changed"):
             return True
-        if kind not in ("nearby.joined", "nearby.updated", "session.closed", "broker.punch"):
+        if kind not in _PEER_EVENTS:
             return False
         try:
             peer = PublicIdentity.from_address(str(event.get("address", ""))).key
