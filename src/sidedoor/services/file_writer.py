@@ -260,6 +260,22 @@ class IncomingFiles:
                 results.append(exc)
         return results
 
+    def write_run(self, first: int, sizes: list[int], pieces: list[memoryview]
+                  ) -> list[tuple[bytes, str | None]]:
+        """Whole files ``first`` on, of ``sizes``, their bytes one after another in
+        ``pieces`` (the answer to a `FilesRequest`): each hashed against its manifest
+        entry and, if right, written and named (`_write_whole`), in one trip to this
+        thread. Returns each file's digest and final path (None: the bytes were wrong and
+        nothing was written)."""
+        data = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
+        files = self.manifest.files
+        results: list[tuple[bytes, str | None]] = []
+        at = 0
+        for file, size in enumerate(sizes, first):
+            results.append(self._write_whole(file, [data[at:at + size]], files[file].hashes))
+            at += size
+        return results
+
     def _write_whole(self, file: int, pieces: list[memoryview], expected: bytes
                      ) -> tuple[bytes, str | None]:
         """A one-chunk file, all of it in ``pieces``: hashed, written, finished, named.

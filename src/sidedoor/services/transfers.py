@@ -53,7 +53,7 @@ from sidedoor.proto import transfer as wire
 from sidedoor.proto.framing import encode_message
 from sidedoor.proto.transfer_receiver import Receiver
 from sidedoor.services.file_hashing import Offered, build_manifest
-from sidedoor.services.file_reader import SourceFiles
+from sidedoor.services.file_reader import FilesRun, SourceFiles
 from sidedoor.services.file_writer import FileDamaged, IncomingFiles
 from sidedoor.services.transfer_store import FINISHED, TransferRecord, TransferStore
 
@@ -494,8 +494,10 @@ class Transfers:
         """Answer chunk requests until the receiver ends the channel."""
         manifest = source.manifest
         loop = asyncio.get_running_loop()
-        requests: asyncio.Queue[wire.ChunkRequest | None] = asyncio.Queue()
-        Batch = tuple[list[tuple[int, int, int, int, int]], asyncio.Future[list[bytes]]]
+        requests: asyncio.Queue[wire.ChunkRequest | FilesRun | None] = asyncio.Queue()
+        # (file, chunk, offset in chunk, length, chunk size) pieces, and runs of files.
+        Item = tuple[int, int, int, int, int] | FilesRun
+        Batch = tuple[list[Item], asyncio.Future[list[bytes | bytearray]]]
         batches: asyncio.Queue[Batch | None] = asyncio.Queue(READ_AHEAD)
         if live.bytes_sent is None:
             live.bytes_sent = record.bytes_sent
@@ -518,12 +520,17 @@ class Transfers:
                     return
                 # One read carries many requests: they are judged and queued together.
                 for message in reader.feed(data):
-                    if isinstance(message, wire.ChunkRequest):
-                        wire.check_request(manifest, message)
+                    if isinstance(message, wire.ChunkRequest | wire.FilesRequest):
+                        if isinstance(message, wire.ChunkRequest):
+                            wire.check_request(manifest, message)
+                            request: wire.ChunkRequest | FilesRun = message
+                        else:
+                            request = FilesRun(message.first, message.count,
+                                               wire.check_files_request(manifest, message))
                         if requests.qsize() >= MAX_QUEUED_REQUESTS:
                             raise MessageError("the receiver asked for too many chunks at "
                                                "once")
-                        requests.put_nowait(message)
+                        requests.put_nowait(request)
                     elif isinstance(message, wire.Cancel):
                         requests.put_nowait(None)
                         return
@@ -531,9 +538,9 @@ class Transfers:
                         raise MessageError("the receiver sent file data on a pull channel")
 
         async def read_disk() -> None:
-            # (file, chunk, offset in chunk, length, chunk size) pieces, a batch at a time,
-            # read ahead of the writer so that the disk and the network overlap.
-            pending: deque[tuple[int, int, int, int, int]] = deque()
+            # Pieces and runs of files, a batch at a time, read ahead of the writer so that
+            # the disk and the network overlap.
+            pending: deque[Item] = deque()
             while True:
                 if not pending:
                     request = await requests.get()
@@ -547,14 +554,14 @@ class Transfers:
                         requests.put_nowait(None)  # seen again once pending is sent
                         break
                     self._split(manifest, request, pending)
-                batch: list[tuple[int, int, int, int, int]] = []
+                batch: list[Item] = []
                 size = 0
                 while pending and len(batch) < SEND_BATCH and (size < PIECE or not batch):
-                    piece = pending.popleft()
-                    batch.append(piece)
-                    size += piece[3]
-                fut = loop.run_in_executor(
-                    executor, source.read, [(f, c, o, n) for f, c, o, n, _ in batch])
+                    item = pending.popleft()
+                    batch.append(item)
+                    size += item.length if isinstance(item, FilesRun) else item[3]
+                fut = loop.run_in_executor(executor, source.read_mixed, [
+                    item if isinstance(item, FilesRun) else item[:4] for item in batch])
                 await batches.put((batch, fut))
 
         async def write_out() -> None:
@@ -565,12 +572,17 @@ class Transfers:
                     return
                 batch, fut = item
                 datas = await fut
-                out: list[bytes] = []
-                for (file, chunk, offset, length, chunk_len), data in zip(
-                        batch, datas, strict=True):
-                    if offset == 0:
+                out: list[bytes | bytearray] = []
+                for piece, data in zip(batch, datas, strict=True):
+                    if isinstance(piece, FilesRun):
                         out.append(encode_message(wire.encode(
-                            wire.ChunkHeader(file, chunk, chunk_len))))
+                            wire.FilesHeader(piece.first, piece.number, piece.length))))
+                        length = piece.length
+                    else:
+                        file, chunk, offset, length, chunk_len = piece
+                        if offset == 0:
+                            out.append(encode_message(wire.encode(
+                                wire.ChunkHeader(file, chunk, chunk_len))))
                     if length >= SMALL_PIECE:
                         await stream.write(b"".join(out))
                         await stream.write(data)  # large: no copy into a joined buffer
@@ -598,8 +610,11 @@ class Transfers:
             raise group.exceptions[0] from None
 
     @staticmethod
-    def _split(manifest: wire.Manifest, request: wire.ChunkRequest,
-               into: deque[tuple[int, int, int, int, int]]) -> None:
+    def _split(manifest: wire.Manifest, request: wire.ChunkRequest | FilesRun,
+               into: deque[tuple[int, int, int, int, int] | FilesRun]) -> None:
+        if isinstance(request, FilesRun):
+            into.append(request)  # at most 1 MiB: read and sent whole
+            return
         _, length = wire.chunk_span(manifest.files[request.file].size, request.chunk)
         for offset in range(0, length, PIECE):
             into.append((request.file, request.chunk, offset, min(PIECE, length - offset),
@@ -957,6 +972,9 @@ class Transfers:
             header: wire.ChunkHeader | None = None
             size = got = offset = pending = 0
             pieces: list[memoryview] = []
+            # Or the run of whole files being received: its header and the files' sizes.
+            run: wire.FilesHeader | None = None
+            sizes: list[int] = []
             try:
                 while True:
                     data = await stream.read()
@@ -973,12 +991,30 @@ class Transfers:
                                 reason = clean_name(item.reason, wire.MAX_REASON_LEN)
                                 raise TransferError(
                                     f"the sender stopped the transfer: {reason}")
+                            if isinstance(item, wire.FilesHeader):
+                                sizes = machine.on_files_header(item)
+                                run, header = item, None
+                                size = item.size
+                                got = 0
+                                pieces = []
+                                continue
                             if not isinstance(item, wire.ChunkHeader):
                                 raise MessageError("the sender sent a chunk request")
                             size = machine.on_header(item)
-                            header = item
+                            header, run = item, None
                             got = offset = pending = 0
                             pieces = []
+                            continue
+                        if run is not None:
+                            # A run (at most 1 MiB) goes to the writer whole, in one trip.
+                            pieces.append(item)
+                            got += len(item)
+                            progress.bytes_received += len(item)
+                            if got == size:
+                                flush_small()
+                                events.put_nowait(("run", run.first, on_thread(
+                                    writer.write_run, run.first, sizes, pieces)))
+                                pieces = []
                             continue
                         assert header is not None  # the reader gives bytes after a header
                         pieces.append(item)
@@ -1078,6 +1114,11 @@ class Transfers:
                         for (file, chunk, _, expected), result in zip(
                                 items, await fut, strict=True):
                             await settle(file, chunk, expected, result)
+                    case ("run", first, fut):
+                        for file, (digest, path) in enumerate(await fut, first):
+                            machine.on_digest(file, 0, digest)  # raises if it is wrong
+                            assert path is not None
+                            progress.files.append((file, path))
                     case ("finished", file, fut):
                         finishing -= 1
                         try:
@@ -1107,6 +1148,13 @@ class Transfers:
                 if left[0] == "piece":
                     with contextlib.suppress(BaseException):
                         await left[3]
+                elif left[0] == "run":
+                    # Files renamed into place are recorded, or a resume would fetch
+                    # them again under a new name.
+                    with contextlib.suppress(BaseException):
+                        for file, (_, path) in enumerate(await left[2], left[1]):
+                            if path is not None:
+                                progress.files.append((file, path))
                 elif left[0] in ("file", "files"):
                     # Files renamed into place are recorded, or a resume would fetch
                     # them again under a new name.
