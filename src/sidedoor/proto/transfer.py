@@ -30,7 +30,7 @@ import msgspec
 
 from sidedoor.errors import MessageError, UnsafeFileName
 from sidedoor.proto.codec import decode as decode  # the services call wire.decode
-from sidedoor.proto.file_names import check_path
+from sidedoor.proto.file_names import PathChecker
 
 KIND_OFFER: Final = "file-offer"
 KIND_PULL: Final = "file-pull"
@@ -262,15 +262,20 @@ def check_manifest(manifest: Manifest) -> None:
         raise MessageError(f"the offer names more than {MAX_FILES} files or folders")
     if not manifest.files and not manifest.dirs:
         raise MessageError("the offer is empty")
-    file_paths: set[tuple[str, ...]] = set()
-    dir_paths: set[tuple[str, ...]] = set()
+    check = PathChecker()
+    # Paths as strings: a checked path has one spelling, so equal strings are equal paths.
+    file_paths: set[str] = set()
+    dir_paths: set[str] = set()
+    folders: set[tuple[str, ...]] = set()
     total = 0
     for entry in manifest.files:
-        parts = check_path(entry.path)
-        if parts in file_paths:
+        parts = check(entry.path)
+        if entry.path in file_paths:
             raise MessageError(f"the offer names {entry.path!r} twice")
-        file_paths.add(parts)
-        dir_paths.update(parts[:i] for i in range(1, len(parts)))
+        file_paths.add(entry.path)
+        if len(parts) > 1 and parts[:-1] not in folders:
+            folders.add(parts[:-1])
+            dir_paths.update("/".join(parts[:i]) for i in range(1, len(parts)))
         if not 0 <= entry.size <= MAX_FILE_SIZE:
             raise MessageError(f"{entry.path!r} claims an impossible size ({entry.size} bytes)")
         total += entry.size
@@ -280,13 +285,12 @@ def check_manifest(manifest: Manifest) -> None:
             raise MessageError(f"{entry.path!r}: the hash list does not match its size")
         _check_mode_time(entry.path, entry.mode, entry.mtime_ns)
     for directory in manifest.dirs:
-        parts = check_path(directory.path)
+        parts = check(directory.path)
         _check_mode_time(directory.path, directory.mode, directory.mtime_ns)
-        dir_paths.add(parts)
-        dir_paths.update(parts[:i] for i in range(1, len(parts)))
+        dir_paths.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     clash = file_paths & dir_paths
     if clash:
-        raise UnsafeFileName(f"{'/'.join(min(clash))!r} is offered both as a file and a folder")
+        raise UnsafeFileName(f"{min(clash)!r} is offered both as a file and a folder")
 
 
 def _check_mode_time(path: str, mode: int, mtime_ns: int) -> None:
