@@ -109,6 +109,8 @@ class PathChecker:
 
 def local_name(name: str) -> str:
     """A local file's name made ready to offer (NFC); `UnsafeFileName` says why it cannot be."""
+    if name.isascii():  # already NFC: the common case, without a normalization pass
+        return check_name(name)
     return check_name(unicodedata.normalize("NFC", name))
 
 

@@ -78,6 +78,8 @@ FREE_SPACE_MARGIN = 16 << 20
 # What one contact may leave waiting for an answer here: a peer that floods offers is
 # told no before its manifests fill the database.
 MAX_WAITING_OFFERS = 64
+# Manifests (and source paths) of this many transfers are kept decoded in memory.
+BULK_CACHE = 4
 MAX_WAITING_OFFER_BYTES = 256 << 20
 SETTING_DOWNLOADS = "downloads"
 SETTING_AUTO_ACCEPT = "auto-accept"
@@ -153,6 +155,10 @@ class Transfers:
         self._live: dict[bytes, Live] = {}
         self._tops: dict[bytes, list[str]] = {}
         self._peer_up: dict[bytes, asyncio.Event] = {}
+        # The decoded manifest and the source paths of recent transfers: each step of a
+        # transfer (offer, accept, pull, serve) would otherwise read megabytes back from
+        # the database and decode them again.
+        self._bulk: dict[bytes, tuple[wire.Manifest, list[str] | None]] = {}
         self._closing = False
 
     def register(self) -> None:
@@ -169,6 +175,20 @@ class Transfers:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         assert self.node.db is not None
         return await self.node.db.run(fn, *args)
+
+    def _keep_bulk(self, record: TransferRecord) -> None:
+        self._bulk.pop(record.id, None)
+        self._bulk[record.id] = (record.manifest(), record.sources)
+        while len(self._bulk) > BULK_CACHE:
+            del self._bulk[next(iter(self._bulk))]
+
+    async def _load(self, tid: bytes) -> TransferRecord | None:
+        """A transfer with its manifest and sources, from memory when they are there."""
+        bulk = self._bulk.get(tid)
+        record = await self._db(self.store.get, tid, bulk is not None)
+        if record is not None and bulk is not None:
+            record.decoded, record.sources = bulk
+        return record
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -346,6 +366,8 @@ class Transfers:
         record.status = status
         for name, value in fields.items():
             setattr(record, name, value)
+        if status in FINISHED:
+            self._bulk.pop(record.id, None)
         info = {"id": record.hex, "direction": record.direction, "status": status,
                 "peer": PublicIdentity(record.peer).address}
         if status == "done":
@@ -388,10 +410,11 @@ class Transfers:
             manifest_bytes=wire.encode(manifest), total_bytes=manifest.total_size,
             file_count=len(manifest.files), sources=offered.sources, dest=None, roots={},
             bytes_sent=0, bytes_received=0, verified_bytes=0, error="", notice="",
-            created_at=now, updated_at=now)
+            created_at=now, updated_at=now, decoded=manifest)
         if len(record.manifest_bytes) > wire.MAX_OFFER_BYTES - 4096:
             raise TransferError("too many files in one offer; send the folders separately")
         await self._db(self.store.add, record)
+        self._keep_bulk(record)
         self.live(record.id).activity = "connecting"
         info = self.describe(record, {contact.identity: contact.petname}, manifest)
         info["skipped"] = offered.skipped
@@ -403,7 +426,7 @@ class Transfers:
     async def _deliver_offer(self, tid: bytes) -> None:
         attempt = 0
         while not self._closing:
-            record = await self._db(self.store.get, tid)
+            record = await self._load(tid)
             if record is None or record.status not in ("queued", "offered", "sending"):
                 return
             live = self.live(tid)
@@ -423,7 +446,7 @@ class Transfers:
                 await self._wait_for_peer(record.peer, attempt)
                 attempt += 1
                 continue
-            record = await self._db(self.store.get, tid)
+            record = await self._db(self.store.get, tid, True)
             if record is None:
                 return
             reason = clean_name(reply.reason, wire.MAX_REASON_LEN)
@@ -441,7 +464,7 @@ class Transfers:
 
     async def _on_pull(self, remote: PublicIdentity, stream: ChannelStream) -> None:
         meta = wire.decode(wire.PullMeta, stream.meta)
-        record = await self._db(self.store.get, meta.transfer_id)
+        record = await self._load(meta.transfer_id)
         if record is None or record.direction != "out" or record.peer != remote.key:
             await self._refuse_pull(stream, "no such transfer")
             return
@@ -460,6 +483,7 @@ class Transfers:
         live.activity = "transferring"
         executor = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-send")
         assert record.sources is not None
+        self._keep_bulk(record)
         source = SourceFiles(record.manifest(), record.sources)
         try:
             await self._serve(record, stream, source, executor, live)
@@ -628,7 +652,7 @@ class Transfers:
         offer = wire.decode(wire.Offer, raw)
         if len(offer.transfer_id) != wire.TRANSFER_ID_LEN:
             raise MessageError("a transfer id of the wrong length")
-        known = await self._db(self.store.get, offer.transfer_id)
+        known = await self._db(self.store.get, offer.transfer_id, True)
         if known is not None:
             if known.peer != remote.key or known.direction != "in":
                 await self._reply(stream, "declined", "that transfer id is taken")
@@ -659,9 +683,10 @@ class Transfers:
             note=clean_name(offer.note, wire.MAX_NOTE_LEN), manifest_bytes=raw,
             total_bytes=manifest.total_size, file_count=len(manifest.files), sources=None,
             dest=None, roots={}, bytes_sent=0, bytes_received=0, verified_bytes=0, error="",
-            notice="", created_at=now, updated_at=now)
+            notice="", created_at=now, updated_at=now, decoded=manifest)
         record.manifest_bytes = wire.encode(manifest)
         await self._db(self.store.add, record)
+        self._keep_bulk(record)
         name = await self._contact_name(remote.key)
         info = self.describe(record, {remote.key: name}, manifest)
         self.node.events.emit("transfer.offered", **{k: info[k] for k in (
@@ -696,7 +721,7 @@ class Transfers:
 
     async def accept(self, query: str, dest: str | None = None) -> dict[str, Any]:
         """Accept an offer into ``dest`` (default: the downloads folder) and start pulling."""
-        record = await self.get(query)
+        record = await self.get(query, light=True)
         if record.direction != "in":
             raise TransferError("that transfer is one you are sending")
         if record.status != "offered":
@@ -803,10 +828,11 @@ class Transfers:
 
     async def _receive(self, tid: bytes) -> None:
         """Pull an accepted transfer until every file is in place (the receiver's worker)."""
-        record = await self._db(self.store.get, tid)
+        record = await self._load(tid)
         if record is None or record.status != "receiving" or record.dest is None:
             return
         manifest = record.manifest()
+        self._keep_bulk(record)
         live = self.live(tid)
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-receive")
