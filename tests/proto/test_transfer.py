@@ -417,3 +417,9 @@ def test_the_pull_reader_refuses_oversized_messages_and_bad_sizes() -> None:
         encode_message(wire.encode(wire.FilesHeader(0, 1, 5)))) == [wire.FilesHeader(0, 1, 5)]
     with pytest.raises(MessageError):
         wire.PullReader(with_data=False).feed(encode_message(b"\xc1garbage"))
+
+
+def test_the_files_of_a_run_are_hashed_one_by_one() -> None:
+    assert wire.hash_files(b"abbccc", [1, 2, 3]) == [
+        blake3.blake3(part).digest() for part in (b"a", b"bb", b"ccc")]
+    assert wire.hash_files(memoryview(b"xy"), []) == []

@@ -311,6 +311,18 @@ def check_request(manifest: Manifest, request: ChunkRequest) -> FileEntry:
     return entry
 
 
+def hash_files(data: bytes | memoryview, sizes: list[int]) -> list[bytes]:
+    """The BLAKE3 hash of each file whose bytes follow one another in ``data`` (the
+    answer to a `FilesRequest`): each file is one chunk, so this is its hash list."""
+    view = memoryview(data)
+    digests = []
+    at = 0
+    for size in sizes:
+        digests.append(blake3.blake3(view[at:at + size]).digest())
+        at += size
+    return digests
+
+
 def check_files_request(manifest: Manifest, request: FilesRequest) -> int:
     """The sender's check of a `FilesRequest`: the bytes its answer carries; `MessageError`
     for files out of range, too many at once, or one that is not a single chunk."""

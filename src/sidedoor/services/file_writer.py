@@ -262,14 +262,14 @@ class IncomingFiles:
                 results.append(exc)
         return results
 
-    def write_run(self, first: int, sizes: list[int], pieces: list[memoryview]
-                  ) -> list[tuple[bytes, str | None]]:
+    def write_run(self, first: int, sizes: list[int], data: memoryview,
+                  digests: list[bytes]) -> list[tuple[bytes, str | None]]:
         """Whole files ``first`` on, of ``sizes``, their bytes one after another in
-        ``pieces`` (the answer to a `FilesRequest`): each hashed against its manifest
-        entry and, if right, written and named (`_write_whole`), in one trip to this
+        ``data`` (the answer to a `FilesRequest`), ``digests`` their hashes as computed
+        by the caller from these very bytes (`hash_files`): each file whose digest is
+        its manifest entry's is written and named (`_write_whole`), in one trip to this
         thread. Returns each file's digest and final path (None: the bytes were wrong and
         nothing was written)."""
-        data = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
         files = self.manifest.files
         results: list[tuple[bytes, str | None]] = []
         at = 0
@@ -281,7 +281,7 @@ class IncomingFiles:
             part = data[at:at + size]
             at += size
             entry = files[file]
-            digest = blake3.blake3(part).digest()
+            digest = digests[file - first]
             if digest != entry.hashes:
                 results.append((digest, None))
                 continue

@@ -1038,8 +1038,13 @@ class Transfers:
                             progress.bytes_received += len(item)
                             if got == size:
                                 flush_small()
+                                # Hashed here, not on the writer's thread: creating the
+                                # files keeps that one busy, this one has room.
+                                data = (pieces[0] if len(pieces) == 1
+                                        else memoryview(b"".join(pieces)))
+                                digests = wire.hash_files(data, sizes)
                                 events.put_nowait(("run", run.first, on_thread(
-                                    writer.write_run, run.first, sizes, pieces)))
+                                    writer.write_run, run.first, sizes, data, digests)))
                                 pieces = []
                             continue
                         assert header is not None  # the reader gives bytes after a header
