@@ -637,6 +637,13 @@ class Node:
         info = self.sessions.pop(conn, None)
         if info is not None:
             reason = conn.session.close_reason or "closed"
+            ended = conn.closed.result() if conn.closed.done() else None
+            if (info.contact and info.path == "relayed" and ended is not None
+                    and ended.code == CloseCode.IDLE and ended.error is None):
+                # Closed by either end only to free the relay: the contact was at the
+                # broker a moment ago, so it stays online there rather than flicker
+                # offline until the next lookup.
+                self.presence.at_broker(info.remote.key, True, announce=False)
             log.info("session with %s closed: %s", info.remote.address, reason)
             self.events.emit("session.closed", address=info.remote.address, reason=reason)
 
@@ -783,7 +790,8 @@ class Node:
             elif idle_since is None:
                 idle_since = loop.time()
             elif loop.time() - idle_since >= self.relayed_idle_close:
-                conn.close("idle: the relay is freed until there is something to send")
+                conn.close("idle: the relay is freed until there is something to send",
+                           CloseCode.IDLE)
                 return
 
     async def connect_any(self, remote: PublicIdentity, addrs: list[str],

@@ -325,6 +325,18 @@ async def test_an_idle_relayed_session_is_closed_to_free_the_relay(node_factory,
         stream.end()
         await asyncio.sleep(0.4)
     assert relayed.is_open and len(got) == 10
+    seen = {node: node.events.subscribe() for node in (a, b)}
     await eventually(lambda: not relayed.is_open, timeout=10, what="the idle session closed")
     assert "idle" in (relayed.session.close_reason or "")
+    # Both ends were at the broker a moment ago: neither shows the other as gone.
+    await eventually(lambda: not a.sessions and not b.sessions, what="both ends closed")
+    await asyncio.sleep(0.1)  # the chat service's closed callbacks have run
+    for node, other in ((a, b), (b, a)):
+        assert node.presence.state_of(other.public.key) == "online"
+        changes = []
+        while not seen[node].empty():
+            event = seen[node].get_nowait()
+            if event and event["type"] == "presence.changed":
+                changes.append(event["online"])
+        assert changes and not any(online is False for online in changes), changes
     await eventually(lambda: broker.metrics.relays_active == 0, what="the relay freed")

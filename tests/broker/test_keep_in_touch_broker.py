@@ -1,5 +1,5 @@
 """Keep-in-touch with a broker: registration as a moment to reach contacts, and contacts who
-turn us away."""
+turn us away; a room caught up through the relay when no member is reachable directly."""
 
 from __future__ import annotations
 
@@ -63,3 +63,52 @@ async def test_a_contact_who_blocked_us_is_not_shown_online_nor_dialled_in_a_loo
     assert opened <= 5, f"{opened} sessions in 4 s: Alice dials Bob in a loop"
     assert alice.presence.state_of(bob.public.key) == "offline"
     assert not alice.presence.seen_at_broker(bob.public.key)
+
+
+async def test_a_room_catches_up_through_the_relay_when_no_member_is_reachable_directly(
+        node_factory: NodeFactory, broker: BrokerServer,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keep_in_touch, "BROKER_SPREAD", 0.1)
+    alice = await node_factory(keep_in_touch=False)
+    bob = await node_factory(keep_in_touch=False)
+    carol = await node_factory()
+    for one, other in ((alice, bob), (alice, carol), (bob, carol)):
+        await befriend(one, other)
+    rid = (await alice.chat.create_room("eng", [bob.public.key, carol.public.key])).state.room
+    await eventually(lambda: rid in bob.chat.rooms and rid in carol.chat.rooms,
+                     what="everyone in the room")
+    carol_home = carol.home
+    await carol.aclose()
+    # No broker yet: nothing goes to Carol's mailbox, and Alice leaves before Carol is
+    # back, so only Bob has what Carol missed; and Bob owes Carol nothing himself.
+    for text in ("one", "two"):
+        await alice.chat.send(rid, text)
+    assert bob.db is not None
+
+    async def bob_has_both() -> bool:
+        assert bob.db is not None
+        return len(await bob.db.run(bob.chat.store.history, rid)) == 2
+
+    for _ in range(200):
+        if await bob_has_both():
+            break
+        await asyncio.sleep(0.05)
+    assert await bob_has_both()
+    await alice.aclose()
+    # Bob takes no connection, as behind a NAT that defeats hole punching; a broker
+    # has him.
+    await asyncio.wait_for((await bob.add_broker(broker.url())).registered.wait(), 10)
+    assert bob._server is not None
+    bob._server.close()
+    carol = await node_factory(home=carol_home)
+    await asyncio.wait_for((await carol.add_broker(broker.url())).registered.wait(), 10)
+    assert carol.db is not None
+    texts: list[str] = []
+    for _ in range(300):
+        texts = [m.text for m in await carol.db.run(carol.chat.store.history, rid)]
+        if len(texts) == 2:
+            break
+        await asyncio.sleep(0.05)
+    assert texts == ["one", "two"]
+    conn = carol.session_with(bob.public.key)
+    assert conn is not None and carol.sessions[conn].path == "relayed"

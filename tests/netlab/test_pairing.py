@@ -2,7 +2,7 @@
 
 They see each other with `nearby`, pair with an invite code, and a wrong code
 fails on both sides and burns the code. Also: a contact request to a node found
-nearby, by its number.
+nearby, by its number; and a contact who appears on the LAN is reached at once.
 """
 
 from __future__ import annotations
@@ -162,3 +162,39 @@ class EventLog:
 
     def first(self, kind: str) -> dict[str, Any] | None:
         return next((e for e in list(self.events) if e["type"] == kind), None)
+
+
+def test_a_contact_appearing_on_the_lan_is_reached_at_once(
+    office: tuple[Host, Path, Host, Path],
+) -> None:
+    """Keep-in-touch's LAN trigger: Bob comes back while Alice's retry is a minute away,
+    and Bob cannot reach Alice (her firewall drops his dial); Alice sees him appear
+    nearby and reaches him, so both are online within seconds."""
+    alice, alice_home, bob, bob_home = office
+    wait_until(lambda: sd_json(bob, bob_home, "nearby")["nearby"], timeout=15.0,
+               what="Alice nearby")
+    code = sd_json(alice, alice_home, "invite")["code"]
+    sd(bob, bob_home, "join", code)
+
+    def online(host: Host, home: Path) -> bool:
+        return any(c["online"] for c in sd_json(host, home, "contacts"))
+
+    wait_until(lambda: online(alice, alice_home), timeout=15.0, what="Bob online for Alice")
+    sd(bob, bob_home, "down")
+    wait_until(lambda: not online(alice, alice_home), timeout=15.0,
+               what="Bob offline for Alice")
+    wait_until(lambda: not sd_json(alice, alice_home, "nearby")["nearby"], timeout=15.0,
+               what="Bob gone from the LAN")
+    # A session of seconds that ends counts as a failure: Alice's next try is a minute
+    # away. Bob's dials to Alice are dropped, so only Alice can make the session.
+    port = sd_json(alice, alice_home, "status")["port"]
+    alice.run("nft", "-f", "-", input=(
+        "table inet sidedoor_test {\n chain input {\n"
+        "  type filter hook input priority 0;\n"
+        f"  tcp dport {port} ct state new drop;\n }}\n}}\n"))
+    sd(bob, bob_home, "up", "--detach")
+    wait_until(lambda: online(alice, alice_home), timeout=20.0,
+               what="Alice reaching Bob once he appeared nearby")
+    assert online(bob, bob_home)
+    [contact] = sd_json(bob, bob_home, "contacts")
+    assert contact["path"] == "lan", contact

@@ -117,6 +117,9 @@ class CloseCode:
     SHUTTING_DOWN: Final = 3
     NOT_ALLOWED: Final = 4
     BUSY: Final = 5
+    # Nothing to carry: closed to free a broker's relay. Both ends are still up and
+    # registered with that broker, so neither should show the other as gone.
+    IDLE: Final = 6
 
 
 _encoder = msgspec.msgpack.Encoder()

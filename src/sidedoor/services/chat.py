@@ -467,6 +467,8 @@ class Chat:
         self._online: dict[bytes, set[Connection]] = {}
         self._batcher = _Batcher(self)
         self._syncing: set[tuple[bytes, bytes]] = set()
+        # Active rooms no member has caught us up on since this node started.
+        self._behind: set[bytes] = set()
         self._index_timer: asyncio.TimerHandle | None = None
         self._ids: list[bytes] = []
 
@@ -479,6 +481,7 @@ class Chat:
         """Load rooms; flush outboxes; act on sessions that opened before the rooms were loaded."""
         rooms = await self.db_run(self.store.rooms)
         self.rooms = {r.state.room: r for r in rooms}
+        self._behind = {rid for rid, r in self.rooms.items() if r.status == "active"}
         # Coming online, the node reaches every contact (`services.keep_in_touch`), and
         # each session that opens flushes outboxes both ways and catches rooms up. Those
         # we owe something get a courier now, which also mails what cannot go and tries
@@ -575,7 +578,29 @@ class Chat:
         self.courier(peer).flush()
         for room in self.rooms.values():
             if room.status == "active" and peer in room.state.members:
+                self._behind.discard(room.state.room)
                 self.spawn(self.sync(peer, room.state.room))
+
+    def reachable_through_broker(self, peer: bytes) -> None:
+        """``peer`` is online, but only through a broker (`services.keep_in_touch` holds
+        no relayed session for presence). A room we share with it that no member has
+        caught us up on since we started, because none is reachable directly, catches
+        up through the relay now, once; the relayed session closes itself when idle."""
+        if self.stopping or self.node.standing(peer) != "contact":
+            return
+        for rid in sorted(self._behind):
+            room = self.rooms.get(rid)
+            if room is not None and room.status == "active" and peer in room.state.members:
+                self._behind.discard(rid)
+                self.spawn(self._catch_up(peer, rid))
+
+    async def _catch_up(self, peer: bytes, room_id: bytes) -> None:
+        try:
+            await self.sync(peer, room_id)
+        except (SidedoorError, TimeoutError) as exc:
+            log.info("room %s: no catching up through %s: %s", room_id.hex()[:8],
+                     PublicIdentity(peer).short, exc)
+            self._behind.add(room_id)  # from another member, or this one later
 
     def _track(self, peer: bytes, conn: Connection) -> None:
         """Presence: a contact is online while some session with it is open."""

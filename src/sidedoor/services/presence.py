@@ -107,14 +107,19 @@ class Presence:
         return told
 
     # ---------------------------------------------------------------- theirs
-    def at_broker(self, peer: bytes, registered: bool) -> None:
-        """What a broker said about ``peer`` (see `services.keep_in_touch`)."""
+    def at_broker(self, peer: bytes, registered: bool, *, announce: bool = True) -> None:
+        """What a broker said about ``peer`` (see `services.keep_in_touch`).
+
+        ``announce=False`` when the caller tells of the change itself (a session that
+        just ended says whether the contact is still online)."""
         before = peer in self._at_broker
         if registered:
             self._at_broker[peer] = time.monotonic()
         else:
             self._at_broker.pop(peer, None)
-        if before != registered and self.node.session_with(peer) is None:
+        if registered and self.node.session_with(peer) is None:
+            self.node.chat.reachable_through_broker(peer)
+        if announce and before != registered and self.node.session_with(peer) is None:
             self.node.events.emit("presence.changed", address=PublicIdentity(peer).address,
                                   online=registered, last_seen=time.time(), via="broker")
 
