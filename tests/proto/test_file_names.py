@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from sidedoor.errors import UnsafeFileName
 from sidedoor.proto.file_names import (
+    MAX_DEPTH,
     MAX_NAME_BYTES,
     MAX_PATH_BYTES,
+    PathChecker,
     check_name,
     check_path,
     numbered,
@@ -91,6 +93,39 @@ def test_paths_built_from_dangerous_pieces(pieces: list[str]) -> None:
     except UnsafeFileName:
         return
     assert all(p == "a" for p in parts)
+
+
+def judged(check: object, path: str) -> tuple[str, ...] | str:
+    """What a checker says of ``path``: its parts, or the error's message."""
+    try:
+        result: tuple[str, ...] = check(path)  # type: ignore[operator]
+    except UnsafeFileName as exc:
+        return str(exc)
+    return result
+
+
+@pytest.mark.parametrize(("path", "why"), HOSTILE)
+def test_the_path_checker_refuses_what_check_path_refuses_in_a_known_folder(
+        path: str, why: str) -> None:
+    check = PathChecker()
+    folder = path.rpartition("/")[0]
+    for known in ("a/ok.txt", "docs/ok.txt", f"{folder}/ok.txt", "/".join(["a"] * 31) + "/x"):
+        judged(check, known)  # the folders it may reuse
+    with pytest.raises(UnsafeFileName, match=re.escape(why)):
+        check(path)
+    for deeper in (f"{path}/x", "/".join(["a"] * MAX_DEPTH) + "/x", "a/" + "x" * 1100):
+        assert judged(check, deeper) == judged(check_path, deeper)
+
+
+@given(st.lists(st.one_of(
+    st.sampled_from(["a/b/c.txt", "a/b/d", "a/b", "a", "a/../b", "a/b/con", "a/b/", "/a/b",
+                     "x/" * 31 + "y", "x/" * 32 + "y", "a/" + "b" * 300, "a/b/e\u0301"]),
+    st.lists(st.sampled_from(["a", "b", "..", "", "con", "é", "x" * 200, "\n"]),
+             min_size=1, max_size=6).map("/".join)), max_size=20))
+def test_the_path_checker_agrees_with_check_path(paths: list[str]) -> None:
+    check = PathChecker()
+    for path in paths:
+        assert judged(check, path) == judged(check_path, path)
 
 
 @pytest.mark.parametrize(("name", "n", "expected"), [

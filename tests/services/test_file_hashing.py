@@ -48,6 +48,34 @@ def test_hashes_are_cached_by_path_size_and_mtime(tmp_path: Path, db: Database) 
     assert fresh == blake3.blake3(b"b" * 1000).digest() != first
 
 
+def test_a_folder_is_looked_up_in_the_cache_whole_and_only_its_own_files(
+        tmp_path: Path, db: Database) -> None:
+    def put(path: Path, data: bytes) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        os.utime(path, ns=(10**18, 10**18))
+
+    paths = [tmp_path / "docs" / "a.txt", tmp_path / "docs" / "sub" / "b.txt",
+             tmp_path / "docs0" / "c.txt", tmp_path / "docs-old" / "d.txt",
+             tmp_path / "top.txt"]
+    for path in paths:
+        put(path, b"old " + path.name.encode())
+    first = build_manifest([*paths[2:4], tmp_path / "docs", tmp_path / "top.txt"], db)
+    # Same sizes and times, other bytes: what comes from the cache keeps the old hashes.
+    for path in paths:
+        put(path, b"new " + path.name.encode())
+    put(tmp_path / "docs" / "sub" / "b.txt", b"changed size")
+    again = build_manifest([tmp_path / "docs", tmp_path / "top.txt"], db)
+    hashes = {f.path: f.hashes for f in again.manifest.files}
+    old = {f.path: f.hashes for f in first.manifest.files}
+    assert hashes == {"docs/a.txt": old["docs/a.txt"],
+                      "docs/sub/b.txt": blake3.blake3(b"changed size").digest(),
+                      "top.txt": old["top.txt"]}
+    # The neighbours whose names start like the folder's were not taken for its files.
+    alone = build_manifest([tmp_path / "docs0", tmp_path / "docs-old"], db)
+    assert [f.hashes for f in alone.manifest.files] == [old["c.txt"], old["d.txt"]]
+
+
 def test_a_folder_walk_keeps_structure_and_skips_links(tmp_path: Path) -> None:
     src = tmp_path / "photos"
     (src / "a" / "b").mkdir(parents=True)

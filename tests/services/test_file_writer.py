@@ -10,7 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from sidedoor.proto.transfer import FileEntry, Manifest
+from sidedoor.proto.transfer import FileEntry, Manifest, hash_files
 from sidedoor.services import file_writer
 from sidedoor.services.file_writer import IncomingFiles
 
@@ -125,3 +125,31 @@ def test_under_a_strict_umask_modes_are_still_the_senders(tmp_path: Path) -> Non
     writer.close()
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "b.sh").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-then-linked", "partial"])
+def test_a_run_of_files_is_written_file_by_file_and_a_wrong_one_not_at_all(
+        tmp_path: Path, unnamed: bool) -> None:
+    datas = [b"one", b"two!", b"three", b"four", b"5"]
+    paths = ["top.txt", "box/a.txt", "box/b.txt", "box/deeper/c.txt", "other/d.txt"]
+    manifest = Manifest([entry(p, d) for p, d in zip(paths, datas, strict=True)])
+    (tmp_path / "box").mkdir()  # taken: the folder gets another name
+    writer = IncomingFiles(tmp_path, TID, manifest, {})
+    writer._unnamed = writer._unnamed and unnamed
+    roots = writer.claim_roots()
+    assert roots == {"box": "box (1)", "other": "other"}
+    sent = [b"one", b"two!", b"THREE", b"four", b"5"]  # the third file was damaged
+    data = memoryview(b"".join(sent))
+    digests = hash_files(data, [len(d) for d in sent])
+    results = writer.write_run(0, [len(d) for d in sent], data, digests)
+    writer.close()
+    assert [path for _, path in results] == [
+        "top.txt", "box (1)/a.txt", None, "box (1)/deeper/c.txt", "other/d.txt"]
+    assert [digest for digest, _ in results] == [blake3.blake3(d).digest() for d in sent]
+    for path, expected in zip(results, datas, strict=True):
+        if path[1] is not None:
+            assert (tmp_path / path[1]).read_bytes() == expected
+            assert (tmp_path / path[1]).stat().st_mtime_ns == MTIME
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
+        "box", "box (1)", "box (1)/a.txt", "box (1)/deeper", "box (1)/deeper/c.txt",
+        "other", "other/d.txt", "top.txt"]

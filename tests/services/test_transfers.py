@@ -339,6 +339,129 @@ async def test_a_lying_sender_is_cut_off_and_its_data_discarded(
     await until_status(alice, tid, "cancelled")  # Alice is told
 
 
+class RunLiar:
+    """Takes the place of Alice's pull handler: answers the first request for several
+    small files at once (a `FilesRequest`) as told, given the files' bytes."""
+
+    def __init__(self, node: Node, answer: Callable[[wire.FilesRequest, list[bytes]],
+                                                    list[bytes]]) -> None:
+        self.node = node
+        self.answer = answer
+        self.contents: list[bytes] = []
+        self.requests: list[wire.FilesRequest] = []
+        node.add_channel_handler(wire.KIND_PULL, self.serve)
+
+    async def serve(self, remote: PublicIdentity, stream: ChannelStream) -> None:
+        raw = await stream.read_message(4096, timeout=5)
+        assert raw is not None
+        request = wire.decode_pull(raw)
+        assert isinstance(request, wire.FilesRequest)
+        self.requests.append(request)
+        for part in self.answer(request, self.contents):
+            if part == b"END":
+                stream.end()
+                await asyncio.sleep(0.5)
+                return
+            await stream.write(part)
+        await asyncio.sleep(0.2)
+
+    def restore(self) -> None:
+        self.node.add_channel_handler(wire.KIND_PULL, self.node.transfers._on_pull)
+
+
+def files_header(first: int, count: int, size: int) -> bytes:
+    return encode_message(wire.encode(wire.FilesHeader(first, count, size)))
+
+
+def damaged(contents: list[bytes], index: int) -> bytes:
+    """All the files' bytes, file ``index`` with one byte changed."""
+    parts = list(contents)
+    parts[index] = b"!" + parts[index][1:]
+    return b"".join(parts)
+
+
+async def folder_offered_and_accepted(alice: Node, bob: Node, work: Path, liar: RunLiar
+                                      ) -> tuple[str, Path]:
+    liar.contents = [make_file(work / "src" / "folder" / f"f{i}.txt", 1000, seed=i)
+                     for i in range(5)]
+    sent = await alice.transfers.send([str(work / "src" / "folder")], bob.public.address)
+    await until_status(bob, sent["id"], "offered")
+    dest = work / "dl"
+    await bob.transfers.accept(sent["id"], str(dest))
+    return sent["id"], dest
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (lambda r, files: [files_header(0, 5, 5000), damaged(files, 2)],
+     "'folder/f2.txt' does not match its hash"),
+    (lambda r, files: [files_header(99, 2, 20), b"x" * 20], "not all in the offer"),
+    (lambda r, files: [files_header(0, 5, 5001), b"".join(files) + b"!"], "which have 5000"),
+    (lambda r, files: [files_header(1, 4, 4000), b"".join(files[1:])],
+     "not asked for together"),
+    (lambda r, files: [files_header(0, 4, 4000), b"".join(files[:4])],
+     "not asked for together"),
+    (lambda r, files: [header(0, 0, 1000), files[0]], "not asked for"),
+    (lambda r, files: [files_header(0, 5, -1)], "-1 bytes"),
+])
+async def test_a_sender_lying_about_a_run_of_files_is_cut_off(
+        pair: tuple[Node, Node], work: Path,
+        answer: Callable[[wire.FilesRequest, list[bytes]], list[bytes]], why: str) -> None:
+    alice, bob = pair
+    liar = RunLiar(alice, answer)
+    tid, dest = await folder_offered_and_accepted(alice, bob, work, liar)
+    info = await until_status(bob, tid, "failed")
+    assert "the sender sent bad data and was cut off" in info["error"] and why in info["error"]
+    assert liar.requests == [wire.FilesRequest(0, 5)]
+    # Files whose bytes hashed right may be in place, whole; nothing else is.
+    for path in dest.rglob("*"):
+        if path.is_file():
+            index = int(path.name[1])
+            assert path.name == f"f{index}.txt" and index != 2
+            assert path.read_bytes() == liar.contents[index]
+    assert not [p for p in dest.rglob("*") if p.name.startswith(".")]
+    assert tree(work / "src") == ["folder", *(f"folder/f{i}.txt" for i in range(5))]
+    await until_status(alice, tid, "cancelled")
+
+
+async def test_a_sender_stopping_in_a_run_of_files_is_resumed_from_what_arrived(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+    liar = RunLiar(alice, lambda r, files: [files_header(0, 5, 5000),
+                                            b"".join(files)[:2500], b"END"])
+    tid, dest = await folder_offered_and_accepted(alice, bob, work, liar)
+
+    async def interrupted() -> bool:
+        info = await status_of(bob, tid)
+        return "went away" in info["activity"]
+    await wait_for(interrupted)
+    info = await status_of(bob, tid)
+    assert info["status"] == "receiving" and info["done_bytes"] == 0
+    assert tree(dest) == ["folder"]  # a run is written once all of it has arrived
+    liar.restore()
+    await until_status(bob, tid, "done", timeout=15)
+    assert [(dest / "folder" / f"f{i}.txt").read_bytes() for i in range(5)] == liar.contents
+    assert tree(dest) == ["folder", *(f"folder/f{i}.txt" for i in range(5))]
+
+
+async def test_a_receiver_asking_for_a_bad_run_of_files_is_cut_off(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+    make_file(work / "folder" / "a.txt", 10)
+    make_file(work / "folder" / "b.bin", 3 << 20)
+    make_file(work / "folder" / "c.txt", 10)
+    sent = await alice.transfers.send([str(work / "folder")], bob.public.address)
+    await until_status(alice, sent["id"], "offered")
+    conn = await bob.reach(alice.public.key)
+    stream = await conn.open_channel(wire.KIND_PULL, wire.encode(
+        wire.PullMeta(bytes.fromhex(sent["id"]))))
+    await stream.write_message(wire.encode(wire.FilesRequest(0, 3)))
+    with pytest.raises(ChannelClosedError, match=r"'folder/b\.bin' whole"):
+        await stream.read_all(1 << 20, timeout=5)
+    info = await until_status(alice, sent["id"], "failed")
+    assert "the receiver misbehaved and was cut off" in info["error"]
+    assert info["bytes_sent"] == 0
+
+
 async def test_a_sender_stopping_mid_chunk_leaves_no_file_and_resumes_later(
         pair: tuple[Node, Node], work: Path) -> None:
     alice, bob = pair

@@ -84,8 +84,33 @@ def check_path(path: str) -> tuple[str, ...]:
     return parts
 
 
+class PathChecker:
+    """`check_path` for the many paths of one manifest: a folder that one path proved
+    safe is not checked again for the next path in it (only the new name, the length
+    and the depth are), which makes checking 10,000 files in a few folders several
+    times cheaper. Any path not on that short way gets `check_path`'s full judgement,
+    and the same error."""
+
+    def __init__(self) -> None:
+        self._folders: dict[str, tuple[str, ...]] = {}
+
+    def __call__(self, path: str) -> tuple[str, ...]:
+        folder, slash, name = path.rpartition("/")
+        parts = self._folders.get(folder) if slash else None
+        if (parts is None or len(parts) >= MAX_DEPTH
+                or (len(path) > MAX_PATH_BYTES // 4
+                    and len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES)):
+            full = check_path(path)
+            if slash:
+                self._folders[folder] = full[:-1]
+            return full
+        return (*parts, check_name(name))
+
+
 def local_name(name: str) -> str:
     """A local file's name made ready to offer (NFC); `UnsafeFileName` says why it cannot be."""
+    if name.isascii():  # already NFC: the common case, without a normalization pass
+        return check_name(name)
     return check_name(unicodedata.normalize("NFC", name))
 
 

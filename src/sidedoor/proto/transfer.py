@@ -8,7 +8,10 @@ Channel kinds, all opened between contacts only:
 * ``file-pull`` (receiver -> sender): the meta is a `PullMeta` naming the transfer.
   The receiver writes `ChunkRequest` messages, a window of them in flight; the
   sender answers each with a `ChunkHeader` message followed by exactly ``size``
-  raw bytes (no copy through msgpack). Either side may send `Cancel` and end.
+  raw bytes (no copy through msgpack). Consecutive files of one chunk each (small
+  files) are asked for together with one `FilesRequest`, answered by one
+  `FilesHeader` and the files' bytes one after another: a message each way per
+  hundred small files instead of per file. Either side may send `Cancel` and end.
 * ``file-notice`` (either way): the meta is a `Notice` (declined, cancelled, done);
   the receiver of the notice ends the channel.
 
@@ -27,7 +30,7 @@ import msgspec
 
 from sidedoor.errors import MessageError, UnsafeFileName
 from sidedoor.proto.codec import decode as decode  # the services call wire.decode
-from sidedoor.proto.file_names import check_path
+from sidedoor.proto.file_names import PathChecker
 
 KIND_OFFER: Final = "file-offer"
 KIND_PULL: Final = "file-pull"
@@ -49,6 +52,11 @@ MAX_NOTE_LEN: Final = 280
 MAX_REASON_LEN: Final = 200
 MAX_OFFER_BYTES: Final = 64 << 20
 MAX_CONTROL_MESSAGE: Final = 4096
+# One `FilesRequest` names at most this many files and bytes: the sender reads them all
+# before it answers (so a file that changed is refused before any of the answer is
+# written), and a file of one chunk always fits.
+MAX_FILES_PER_REQUEST: Final = 1024
+MAX_FILES_REQUEST_BYTES: Final = MIN_CHUNK
 
 _MODE_BITS: Final = 0o777
 
@@ -145,7 +153,23 @@ class Cancel(msgspec.Struct, tag=3, array_like=True, frozen=True):
     reason: str
 
 
-PullMessage = ChunkRequest | ChunkHeader | Cancel
+class FilesRequest(msgspec.Struct, tag=4, array_like=True, frozen=True):
+    """Files ``first`` to ``first + count - 1``, each whole and of exactly one chunk."""
+
+    first: int
+    count: int
+
+
+class FilesHeader(msgspec.Struct, tag=5, array_like=True, frozen=True):
+    """The answer to a `FilesRequest`: ``size`` raw bytes follow, the files' bytes in
+    order, each as long as the manifest says (so no per-file framing is needed)."""
+
+    first: int
+    count: int
+    size: int
+
+
+PullMessage = ChunkRequest | ChunkHeader | Cancel | FilesRequest | FilesHeader
 NOTICE_KINDS: Final = ("declined", "cancelled", "done")
 REPLY_STATUSES: Final = ("waiting", "accepted", "declined")
 
@@ -157,11 +181,9 @@ def encode(message: msgspec.Struct) -> bytes:
     return _encoder.encode(message)
 
 
-
-
-def decode_pull(data: bytes | memoryview) -> ChunkRequest | ChunkHeader | Cancel:
+def decode_pull(data: bytes | memoryview) -> PullMessage:
     try:
-        message: ChunkRequest | ChunkHeader | Cancel = _pull_decoder.decode(data)
+        message: PullMessage = _pull_decoder.decode(data)
     except (msgspec.MsgspecError, UnicodeDecodeError) as exc:
         raise MessageError(f"malformed transfer message: {exc}") from exc
     return message
@@ -174,13 +196,13 @@ class PullReader:
     """Splits what arrives on a pull channel into messages and chunk bytes (sans-I/O).
 
     `feed` takes whatever a read returned and gives back, in order, the messages it
-    completes and, after each `ChunkHeader` (with ``with_data``), views of the raw chunk
-    bytes that follow it, without copying them. One read of many small messages thus
+    completes and, after each `ChunkHeader` or `FilesHeader` (with ``with_data``), views
+    of the raw bytes that follow it, without copying them. One read of many small messages thus
     costs one call, not one read per message: with thousands of small files in
     flight, that per-message overhead was the sender's and the receiver's main cost.
-    The caller must judge each header (`Receiver.on_header`) before using the bytes
-    after it: a header's size is trusted here only to find where the next message
-    starts.
+    The caller must judge each header (`Receiver.on_header`, `Receiver.on_files_header`)
+    before using the bytes after it: a header's size is trusted here only to find where
+    the next message starts.
     """
 
     def __init__(self, *, with_data: bool) -> None:
@@ -222,7 +244,7 @@ class PullReader:
             message = decode_pull(bytes(pending[_LENGTH.size:]))
             pending.clear()
             out.append(message)
-            if isinstance(message, ChunkHeader) and self.with_data:
+            if isinstance(message, ChunkHeader | FilesHeader) and self.with_data:
                 if message.size <= 0:
                     raise MessageError(f"a chunk header announcing {message.size} bytes")
                 self._data_left = message.size
@@ -240,15 +262,20 @@ def check_manifest(manifest: Manifest) -> None:
         raise MessageError(f"the offer names more than {MAX_FILES} files or folders")
     if not manifest.files and not manifest.dirs:
         raise MessageError("the offer is empty")
-    file_paths: set[tuple[str, ...]] = set()
-    dir_paths: set[tuple[str, ...]] = set()
+    check = PathChecker()
+    # Paths as strings: a checked path has one spelling, so equal strings are equal paths.
+    file_paths: set[str] = set()
+    dir_paths: set[str] = set()
+    folders: set[tuple[str, ...]] = set()
     total = 0
     for entry in manifest.files:
-        parts = check_path(entry.path)
-        if parts in file_paths:
+        parts = check(entry.path)
+        if entry.path in file_paths:
             raise MessageError(f"the offer names {entry.path!r} twice")
-        file_paths.add(parts)
-        dir_paths.update(parts[:i] for i in range(1, len(parts)))
+        file_paths.add(entry.path)
+        if len(parts) > 1 and parts[:-1] not in folders:
+            folders.add(parts[:-1])
+            dir_paths.update("/".join(parts[:i]) for i in range(1, len(parts)))
         if not 0 <= entry.size <= MAX_FILE_SIZE:
             raise MessageError(f"{entry.path!r} claims an impossible size ({entry.size} bytes)")
         total += entry.size
@@ -258,13 +285,12 @@ def check_manifest(manifest: Manifest) -> None:
             raise MessageError(f"{entry.path!r}: the hash list does not match its size")
         _check_mode_time(entry.path, entry.mode, entry.mtime_ns)
     for directory in manifest.dirs:
-        parts = check_path(directory.path)
+        parts = check(directory.path)
         _check_mode_time(directory.path, directory.mode, directory.mtime_ns)
-        dir_paths.add(parts)
-        dir_paths.update(parts[:i] for i in range(1, len(parts)))
+        dir_paths.update("/".join(parts[:i]) for i in range(1, len(parts) + 1))
     clash = file_paths & dir_paths
     if clash:
-        raise UnsafeFileName(f"{'/'.join(min(clash))!r} is offered both as a file and a folder")
+        raise UnsafeFileName(f"{min(clash)!r} is offered both as a file and a folder")
 
 
 def _check_mode_time(path: str, mode: int, mtime_ns: int) -> None:
@@ -283,3 +309,37 @@ def check_request(manifest: Manifest, request: ChunkRequest) -> FileEntry:
         raise MessageError(f"a request for chunk {request.chunk} of {entry.path!r}, which has "
                            f"{entry.chunks}")
     return entry
+
+
+def hash_files(data: bytes | memoryview, sizes: list[int]) -> list[bytes]:
+    """The BLAKE3 hash of each file whose bytes follow one another in ``data`` (the
+    answer to a `FilesRequest`): each file is one chunk, so this is its hash list."""
+    view = memoryview(data)
+    digests = []
+    at = 0
+    for size in sizes:
+        digests.append(blake3.blake3(view[at:at + size]).digest())
+        at += size
+    return digests
+
+
+def check_files_request(manifest: Manifest, request: FilesRequest) -> int:
+    """The sender's check of a `FilesRequest`: the bytes its answer carries; `MessageError`
+    for files out of range, too many at once, or one that is not a single chunk."""
+    first, count = request.first, request.count
+    if not 1 <= count <= MAX_FILES_PER_REQUEST:
+        raise MessageError(f"a request for {count} files at once; at most "
+                           f"{MAX_FILES_PER_REQUEST} may be asked for together")
+    if not 0 <= first <= len(manifest.files) - count:
+        raise MessageError(f"a request for files #{first} to #{first + count - 1}, which the "
+                           "offer does not have")
+    total = 0
+    for entry in manifest.files[first:first + count]:
+        if entry.chunks != 1:
+            raise MessageError(f"a request for {entry.path!r} whole among other files; it "
+                               f"has {entry.chunks} chunks")
+        total += entry.size
+    if total > MAX_FILES_REQUEST_BYTES:
+        raise MessageError(f"a request for {total} bytes of files at once; at most "
+                           f"{MAX_FILES_REQUEST_BYTES} may be asked for together")
+    return total

@@ -8,6 +8,7 @@ releases the GIL while it hashes. Hash lists are cached in the node's database b
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import stat
@@ -70,13 +71,38 @@ def hash_chunks(fd: int, size: int, buffer: bytearray | None = None) -> bytes:
 CACHE_BATCH = 500  # paths looked up in the hash cache per query
 
 
-def _cached_hashes(db: Database | None, files: list[tuple[str, str, os.stat_result]]
-                   ) -> dict[str, bytes]:
+def _cached_hashes(db: Database | None, files: list[tuple[str, str, os.stat_result]],
+                   folders: list[str] | None = None) -> dict[str, bytes]:
     """The cached hash lists of ``files`` (local path, name, stat) still valid for their
-    size and time: one query per `CACHE_BATCH` files, not one per file."""
+    size and time. Files below one of ``folders`` (local paths) are looked up with one
+    query per folder (a range of the index: everything cached below it); the others with
+    one query per `CACHE_BATCH` files, not one per file."""
     if db is None or not files:
         return {}
     found: dict[str, bytes] = {}
+    if folders:
+        def below(c: sqlite3.Connection, folder: str) -> list[tuple[str, int, int, bytes]]:
+            # "/" and "0" are neighbours: the range is every path that starts "folder/".
+            rows: list[tuple[str, int, int, bytes]] = c.execute(
+                "SELECT path, size, mtime_ns, hashes FROM file_hashes "
+                "WHERE path > ? AND path < ?", (folder + "/", folder + "0")).fetchall()
+            return rows
+
+        known: dict[str, tuple[int, int, bytes]] = {}
+        for folder in folders:
+            rows = db.call(functools.partial(below, folder=folder))
+            known.update((path, (size, mtime_ns, hashes)) for path, size, mtime_ns, hashes
+                         in rows)
+        prefixes = tuple(folder + "/" for folder in folders)
+        rest = []
+        for local, name, st in files:
+            hit = known.get(local)
+            if hit is not None:
+                if hit[:2] == (st.st_size, st.st_mtime_ns):
+                    found[local] = bytes(hit[2])
+            elif not local.startswith(prefixes):
+                rest.append((local, name, st))
+        files = rest
     for start in range(0, len(files), CACHE_BATCH):
         batch = files[start:start + CACHE_BATCH]
         query = ("SELECT path, size, mtime_ns, hashes FROM file_hashes WHERE path IN "
@@ -137,6 +163,7 @@ def build_manifest(paths: list[Path], db: Database | None = None,
     character, a device name, ...) fails the whole offer with the path to rename.
     """
     found: list[tuple[str, str, os.stat_result]] = []  # (local path, name, stat)
+    folders: list[str] = []  # the local paths of the folders offered
     dirs: list[DirEntry] = []
     skipped: list[str] = []
     tops: set[str] = set()
@@ -178,12 +205,13 @@ def build_manifest(paths: list[Path], db: Database | None = None,
         if stat.S_ISREG(st.st_mode):
             add_file(local, top, st)
         elif stat.S_ISDIR(st.st_mode):
+            folders.append(local)
             _walk(local, top, st, add_file, rel_name, dirs, skipped)
         else:
             raise TransferError(f"{path} is not a file or a folder")
     if len(dirs) > MAX_DIRS:
         raise TransferError(f"at most {MAX_DIRS} folders can be sent at once")
-    cached = _cached_hashes(db, found)
+    cached = _cached_hashes(db, found, folders)
     buffer = bytearray(READ_SIZE)
     fresh: list[tuple[str, int, int, bytes]] = []
     files: list[FileEntry] = []

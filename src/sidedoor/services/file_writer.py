@@ -24,12 +24,13 @@ from pathlib import Path
 import blake3
 
 from sidedoor.errors import DiskFull, TransferError
-from sidedoor.proto.file_names import check_path, numbered
+from sidedoor.proto.file_names import PathChecker, check_path, numbered
 from sidedoor.proto.transfer import FileEntry, Manifest, chunk_span
 from sidedoor.services.file_hashing import READ_SIZE, hash_chunks
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _FILE_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
 MAX_OPEN_FILES = 32
 MAX_OPEN_DIRS = 64
 MAX_NUMBERED = 1000
@@ -119,7 +120,8 @@ class IncomingFiles:
         self._dirs: OrderedDict[tuple[str, ...], int] = OrderedDict()
         self._files: OrderedDict[int, int] = OrderedDict()
         self._hashers: dict[tuple[int, int], blake3.blake3] = {}
-        self._parts = [check_path(f.path) for f in manifest.files]
+        check = PathChecker()
+        self._parts = [check(f.path) for f in manifest.files]
         self._buffer = bytearray(READ_SIZE)  # for re-reading files: allocated once
         # Chunks hashed here from the bytes as they were written (this run).
         self._hashed: dict[int, set[int]] = {}
@@ -260,6 +262,42 @@ class IncomingFiles:
                 results.append(exc)
         return results
 
+    def write_run(self, first: int, sizes: list[int], data: memoryview,
+                  digests: list[bytes]) -> list[tuple[bytes, str | None]]:
+        """Whole files ``first`` on, of ``sizes``, their bytes one after another in
+        ``data`` (the answer to a `FilesRequest`), ``digests`` their hashes as computed
+        by the caller from these very bytes (`hash_files`): each file whose digest is
+        its manifest entry's is written and named (`_write_whole`), in one trip to this
+        thread. Returns each file's digest and final path (None: the bytes were wrong and
+        nothing was written)."""
+        files = self.manifest.files
+        results: list[tuple[bytes, str | None]] = []
+        at = 0
+        # `_write_whole`'s work, with what files of one folder share looked up once.
+        folder: tuple[str, ...] | None = None
+        dir_fd = -1
+        prefix = ""
+        for file, size in enumerate(sizes, first):
+            part = data[at:at + size]
+            at += size
+            entry = files[file]
+            digest = digests[file - first]
+            if digest != entry.hashes:
+                results.append((digest, None))
+                continue
+            parts = self._parts[file]
+            if parts[:-1] != folder:
+                folder = parts[:-1]
+                mapped = self._mapped(folder)
+                dir_fd = self._dir_fd(mapped)
+                prefix = "".join(f"{part}/" for part in mapped)
+            final = self._write_unnamed(dir_fd, entry, part, parts[-1]) if self._unnamed \
+                else None
+            if final is None:
+                final = self._write_partial(dir_fd, file, entry, part, parts[-1])
+            results.append((digest, prefix + final))
+        return results
+
     def _write_whole(self, file: int, pieces: list[memoryview], expected: bytes
                      ) -> tuple[bytes, str | None]:
         """A one-chunk file, all of it in ``pieces``: hashed, written, finished, named.
@@ -281,11 +319,12 @@ class IncomingFiles:
         entry = self.manifest.files[file]
         parts = self._mapped(self._parts[file])
         dir_fd = self._dir_fd(parts[:-1])
+        data = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
         final = None
         if self._unnamed:
-            final = self._write_unnamed(dir_fd, entry, pieces, parts[-1])
+            final = self._write_unnamed(dir_fd, entry, data, parts[-1])
         if final is None:
-            final = self._write_partial(dir_fd, file, entry, pieces, parts[-1])
+            final = self._write_partial(dir_fd, file, entry, data, parts[-1])
         return digest, "/".join((*parts[:-1], final))
 
     def _creation_mode(self, entry: FileEntry) -> tuple[int, bool]:
@@ -294,14 +333,13 @@ class IncomingFiles:
             return entry.mode, False
         return 0o600, True
 
-    def _write_unnamed(self, dir_fd: int, entry: FileEntry, pieces: list[memoryview],
+    def _write_unnamed(self, dir_fd: int, entry: FileEntry, data: memoryview,
                        name: str) -> str | None:
         """Write an unnamed file in the folder and link it under a free name; None when
         this filesystem cannot (the caller falls back to a partial file)."""
         mode, chmod = self._creation_mode(entry)
         try:
-            fd = os.open(".", os.O_TMPFILE | os.O_RDWR | getattr(os, "O_CLOEXEC", 0), mode,
-                         dir_fd=dir_fd)
+            fd = os.open(".", _TMPFILE_FLAGS, mode, dir_fd=dir_fd)
         except OSError as exc:
             if exc.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
                 self._unnamed = False
@@ -309,7 +347,9 @@ class IncomingFiles:
             raise _os_error(exc, f"cannot create {entry.path!r}", self.dest) from exc
         try:
             try:
-                _pwrite_all(fd, pieces, 0)
+                written = os.pwrite(fd, data, 0)
+                if written < len(data):
+                    _pwrite_all(fd, [data[written:]], written)
                 self._finish(fd, entry, chmod)
             except OSError as exc:
                 raise _os_error(exc, f"cannot write {entry.path!r}", self.dest) from exc
@@ -334,7 +374,7 @@ class IncomingFiles:
             os.close(fd)
 
     def _write_partial(self, dir_fd: int, file: int, entry: FileEntry,
-                       pieces: list[memoryview], name: str) -> str:
+                       data: memoryview, name: str) -> str:
         partial = partial_name(self.transfer, file)
         mode, _ = self._creation_mode(entry)
         try:
@@ -346,7 +386,7 @@ class IncomingFiles:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise TransferError("a partial file is not a regular file")
-            _pwrite_all(fd, pieces, 0)
+            _pwrite_all(fd, [data], 0)
             # (An old partial file kept its old mode.)
             self._finish(fd, entry, stat.S_IMODE(st.st_mode) != entry.mode)
         except OSError as exc:

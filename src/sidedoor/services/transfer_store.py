@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sidedoor.proto import transfer as wire
@@ -39,13 +39,18 @@ class TransferRecord:
     notice: str
     created_at: float
     updated_at: float
+    # The manifest decoded (decoding one of 10,000 files takes milliseconds): set by the
+    # first `manifest()`, or given with a record read without its manifest.
+    decoded: wire.Manifest | None = field(default=None, repr=False, compare=False)
 
     @property
     def hex(self) -> str:
         return self.id.hex()
 
     def manifest(self) -> wire.Manifest:
-        return wire.decode(wire.Manifest, self.manifest_bytes)
+        if self.decoded is None:
+            self.decoded = wire.decode(wire.Manifest, self.manifest_bytes)
+        return self.decoded
 
     @property
     def active(self) -> bool:

@@ -53,7 +53,7 @@ from sidedoor.proto import transfer as wire
 from sidedoor.proto.framing import encode_message
 from sidedoor.proto.transfer_receiver import Receiver
 from sidedoor.services.file_hashing import Offered, build_manifest
-from sidedoor.services.file_reader import SourceFiles
+from sidedoor.services.file_reader import FilesRun, SourceFiles
 from sidedoor.services.file_writer import FileDamaged, IncomingFiles
 from sidedoor.services.transfer_store import FINISHED, TransferRecord, TransferStore
 
@@ -78,6 +78,8 @@ FREE_SPACE_MARGIN = 16 << 20
 # What one contact may leave waiting for an answer here: a peer that floods offers is
 # told no before its manifests fill the database.
 MAX_WAITING_OFFERS = 64
+# Manifests (and source paths) of this many transfers are kept decoded in memory.
+BULK_CACHE = 4
 MAX_WAITING_OFFER_BYTES = 256 << 20
 SETTING_DOWNLOADS = "downloads"
 SETTING_AUTO_ACCEPT = "auto-accept"
@@ -153,6 +155,10 @@ class Transfers:
         self._live: dict[bytes, Live] = {}
         self._tops: dict[bytes, list[str]] = {}
         self._peer_up: dict[bytes, asyncio.Event] = {}
+        # The decoded manifest and the source paths of recent transfers: each step of a
+        # transfer (offer, accept, pull, serve) would otherwise read megabytes back from
+        # the database and decode them again.
+        self._bulk: dict[bytes, tuple[wire.Manifest, list[str] | None]] = {}
         self._closing = False
 
     def register(self) -> None:
@@ -169,6 +175,20 @@ class Transfers:
     async def _db(self, fn: Callable[..., T], *args: Any) -> T:
         assert self.node.db is not None
         return await self.node.db.run(fn, *args)
+
+    def _keep_bulk(self, record: TransferRecord) -> None:
+        self._bulk.pop(record.id, None)
+        self._bulk[record.id] = (record.manifest(), record.sources)
+        while len(self._bulk) > BULK_CACHE:
+            del self._bulk[next(iter(self._bulk))]
+
+    async def _load(self, tid: bytes) -> TransferRecord | None:
+        """A transfer with its manifest and sources, from memory when they are there."""
+        bulk = self._bulk.get(tid)
+        record = await self._db(self.store.get, tid, bulk is not None)
+        if record is not None and bulk is not None:
+            record.decoded, record.sources = bulk
+        return record
 
     # ------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -346,6 +366,8 @@ class Transfers:
         record.status = status
         for name, value in fields.items():
             setattr(record, name, value)
+        if status in FINISHED:
+            self._bulk.pop(record.id, None)
         info = {"id": record.hex, "direction": record.direction, "status": status,
                 "peer": PublicIdentity(record.peer).address}
         if status == "done":
@@ -388,10 +410,11 @@ class Transfers:
             manifest_bytes=wire.encode(manifest), total_bytes=manifest.total_size,
             file_count=len(manifest.files), sources=offered.sources, dest=None, roots={},
             bytes_sent=0, bytes_received=0, verified_bytes=0, error="", notice="",
-            created_at=now, updated_at=now)
+            created_at=now, updated_at=now, decoded=manifest)
         if len(record.manifest_bytes) > wire.MAX_OFFER_BYTES - 4096:
             raise TransferError("too many files in one offer; send the folders separately")
         await self._db(self.store.add, record)
+        self._keep_bulk(record)
         self.live(record.id).activity = "connecting"
         info = self.describe(record, {contact.identity: contact.petname}, manifest)
         info["skipped"] = offered.skipped
@@ -403,7 +426,7 @@ class Transfers:
     async def _deliver_offer(self, tid: bytes) -> None:
         attempt = 0
         while not self._closing:
-            record = await self._db(self.store.get, tid)
+            record = await self._load(tid)
             if record is None or record.status not in ("queued", "offered", "sending"):
                 return
             live = self.live(tid)
@@ -423,7 +446,7 @@ class Transfers:
                 await self._wait_for_peer(record.peer, attempt)
                 attempt += 1
                 continue
-            record = await self._db(self.store.get, tid)
+            record = await self._db(self.store.get, tid, True)
             if record is None:
                 return
             reason = clean_name(reply.reason, wire.MAX_REASON_LEN)
@@ -441,7 +464,7 @@ class Transfers:
 
     async def _on_pull(self, remote: PublicIdentity, stream: ChannelStream) -> None:
         meta = wire.decode(wire.PullMeta, stream.meta)
-        record = await self._db(self.store.get, meta.transfer_id)
+        record = await self._load(meta.transfer_id)
         if record is None or record.direction != "out" or record.peer != remote.key:
             await self._refuse_pull(stream, "no such transfer")
             return
@@ -460,6 +483,7 @@ class Transfers:
         live.activity = "transferring"
         executor = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-send")
         assert record.sources is not None
+        self._keep_bulk(record)
         source = SourceFiles(record.manifest(), record.sources)
         try:
             await self._serve(record, stream, source, executor, live)
@@ -494,8 +518,10 @@ class Transfers:
         """Answer chunk requests until the receiver ends the channel."""
         manifest = source.manifest
         loop = asyncio.get_running_loop()
-        requests: asyncio.Queue[wire.ChunkRequest | None] = asyncio.Queue()
-        Batch = tuple[list[tuple[int, int, int, int, int]], asyncio.Future[list[bytes]]]
+        requests: asyncio.Queue[wire.ChunkRequest | FilesRun | None] = asyncio.Queue()
+        # (file, chunk, offset in chunk, length, chunk size) pieces, and runs of files.
+        Item = tuple[int, int, int, int, int] | FilesRun
+        Batch = tuple[list[Item], asyncio.Future[list[bytes | bytearray]]]
         batches: asyncio.Queue[Batch | None] = asyncio.Queue(READ_AHEAD)
         if live.bytes_sent is None:
             live.bytes_sent = record.bytes_sent
@@ -518,12 +544,17 @@ class Transfers:
                     return
                 # One read carries many requests: they are judged and queued together.
                 for message in reader.feed(data):
-                    if isinstance(message, wire.ChunkRequest):
-                        wire.check_request(manifest, message)
+                    if isinstance(message, wire.ChunkRequest | wire.FilesRequest):
+                        if isinstance(message, wire.ChunkRequest):
+                            wire.check_request(manifest, message)
+                            request: wire.ChunkRequest | FilesRun = message
+                        else:
+                            request = FilesRun(message.first, message.count,
+                                               wire.check_files_request(manifest, message))
                         if requests.qsize() >= MAX_QUEUED_REQUESTS:
                             raise MessageError("the receiver asked for too many chunks at "
                                                "once")
-                        requests.put_nowait(message)
+                        requests.put_nowait(request)
                     elif isinstance(message, wire.Cancel):
                         requests.put_nowait(None)
                         return
@@ -531,9 +562,9 @@ class Transfers:
                         raise MessageError("the receiver sent file data on a pull channel")
 
         async def read_disk() -> None:
-            # (file, chunk, offset in chunk, length, chunk size) pieces, a batch at a time,
-            # read ahead of the writer so that the disk and the network overlap.
-            pending: deque[tuple[int, int, int, int, int]] = deque()
+            # Pieces and runs of files, a batch at a time, read ahead of the writer so that
+            # the disk and the network overlap.
+            pending: deque[Item] = deque()
             while True:
                 if not pending:
                     request = await requests.get()
@@ -547,14 +578,14 @@ class Transfers:
                         requests.put_nowait(None)  # seen again once pending is sent
                         break
                     self._split(manifest, request, pending)
-                batch: list[tuple[int, int, int, int, int]] = []
+                batch: list[Item] = []
                 size = 0
                 while pending and len(batch) < SEND_BATCH and (size < PIECE or not batch):
-                    piece = pending.popleft()
-                    batch.append(piece)
-                    size += piece[3]
-                fut = loop.run_in_executor(
-                    executor, source.read, [(f, c, o, n) for f, c, o, n, _ in batch])
+                    item = pending.popleft()
+                    batch.append(item)
+                    size += item.length if isinstance(item, FilesRun) else item[3]
+                fut = loop.run_in_executor(executor, source.read_mixed, [
+                    item if isinstance(item, FilesRun) else item[:4] for item in batch])
                 await batches.put((batch, fut))
 
         async def write_out() -> None:
@@ -565,12 +596,17 @@ class Transfers:
                     return
                 batch, fut = item
                 datas = await fut
-                out: list[bytes] = []
-                for (file, chunk, offset, length, chunk_len), data in zip(
-                        batch, datas, strict=True):
-                    if offset == 0:
+                out: list[bytes | bytearray] = []
+                for piece, data in zip(batch, datas, strict=True):
+                    if isinstance(piece, FilesRun):
                         out.append(encode_message(wire.encode(
-                            wire.ChunkHeader(file, chunk, chunk_len))))
+                            wire.FilesHeader(piece.first, piece.number, piece.length))))
+                        length = piece.length
+                    else:
+                        file, chunk, offset, length, chunk_len = piece
+                        if offset == 0:
+                            out.append(encode_message(wire.encode(
+                                wire.ChunkHeader(file, chunk, chunk_len))))
                     if length >= SMALL_PIECE:
                         await stream.write(b"".join(out))
                         await stream.write(data)  # large: no copy into a joined buffer
@@ -598,8 +634,11 @@ class Transfers:
             raise group.exceptions[0] from None
 
     @staticmethod
-    def _split(manifest: wire.Manifest, request: wire.ChunkRequest,
-               into: deque[tuple[int, int, int, int, int]]) -> None:
+    def _split(manifest: wire.Manifest, request: wire.ChunkRequest | FilesRun,
+               into: deque[tuple[int, int, int, int, int] | FilesRun]) -> None:
+        if isinstance(request, FilesRun):
+            into.append(request)  # at most 1 MiB: read and sent whole
+            return
         _, length = wire.chunk_span(manifest.files[request.file].size, request.chunk)
         for offset in range(0, length, PIECE):
             into.append((request.file, request.chunk, offset, min(PIECE, length - offset),
@@ -613,7 +652,7 @@ class Transfers:
         offer = wire.decode(wire.Offer, raw)
         if len(offer.transfer_id) != wire.TRANSFER_ID_LEN:
             raise MessageError("a transfer id of the wrong length")
-        known = await self._db(self.store.get, offer.transfer_id)
+        known = await self._db(self.store.get, offer.transfer_id, True)
         if known is not None:
             if known.peer != remote.key or known.direction != "in":
                 await self._reply(stream, "declined", "that transfer id is taken")
@@ -644,9 +683,10 @@ class Transfers:
             note=clean_name(offer.note, wire.MAX_NOTE_LEN), manifest_bytes=raw,
             total_bytes=manifest.total_size, file_count=len(manifest.files), sources=None,
             dest=None, roots={}, bytes_sent=0, bytes_received=0, verified_bytes=0, error="",
-            notice="", created_at=now, updated_at=now)
+            notice="", created_at=now, updated_at=now, decoded=manifest)
         record.manifest_bytes = wire.encode(manifest)
         await self._db(self.store.add, record)
+        self._keep_bulk(record)
         name = await self._contact_name(remote.key)
         info = self.describe(record, {remote.key: name}, manifest)
         self.node.events.emit("transfer.offered", **{k: info[k] for k in (
@@ -681,7 +721,7 @@ class Transfers:
 
     async def accept(self, query: str, dest: str | None = None) -> dict[str, Any]:
         """Accept an offer into ``dest`` (default: the downloads folder) and start pulling."""
-        record = await self.get(query)
+        record = await self.get(query, light=True)
         if record.direction != "in":
             raise TransferError("that transfer is one you are sending")
         if record.status != "offered":
@@ -788,10 +828,11 @@ class Transfers:
 
     async def _receive(self, tid: bytes) -> None:
         """Pull an accepted transfer until every file is in place (the receiver's worker)."""
-        record = await self._db(self.store.get, tid)
+        record = await self._load(tid)
         if record is None or record.status != "receiving" or record.dest is None:
             return
         manifest = record.manifest()
+        self._keep_bulk(record)
         live = self.live(tid)
         loop = asyncio.get_running_loop()
         executor = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-receive")
@@ -957,6 +998,9 @@ class Transfers:
             header: wire.ChunkHeader | None = None
             size = got = offset = pending = 0
             pieces: list[memoryview] = []
+            # Or the run of whole files being received: its header and the files' sizes.
+            run: wire.FilesHeader | None = None
+            sizes: list[int] = []
             try:
                 while True:
                     data = await stream.read()
@@ -973,12 +1017,35 @@ class Transfers:
                                 reason = clean_name(item.reason, wire.MAX_REASON_LEN)
                                 raise TransferError(
                                     f"the sender stopped the transfer: {reason}")
+                            if isinstance(item, wire.FilesHeader):
+                                sizes = machine.on_files_header(item)
+                                run, header = item, None
+                                size = item.size
+                                got = 0
+                                pieces = []
+                                continue
                             if not isinstance(item, wire.ChunkHeader):
                                 raise MessageError("the sender sent a chunk request")
                             size = machine.on_header(item)
-                            header = item
+                            header, run = item, None
                             got = offset = pending = 0
                             pieces = []
+                            continue
+                        if run is not None:
+                            # A run (at most 1 MiB) goes to the writer whole, in one trip.
+                            pieces.append(item)
+                            got += len(item)
+                            progress.bytes_received += len(item)
+                            if got == size:
+                                flush_small()
+                                # Hashed here, not on the writer's thread: creating the
+                                # files keeps that one busy, this one has room.
+                                data = (pieces[0] if len(pieces) == 1
+                                        else memoryview(b"".join(pieces)))
+                                digests = wire.hash_files(data, sizes)
+                                events.put_nowait(("run", run.first, on_thread(
+                                    writer.write_run, run.first, sizes, data, digests)))
+                                pieces = []
                             continue
                         assert header is not None  # the reader gives bytes after a header
                         pieces.append(item)
@@ -1078,6 +1145,11 @@ class Transfers:
                         for (file, chunk, _, expected), result in zip(
                                 items, await fut, strict=True):
                             await settle(file, chunk, expected, result)
+                    case ("run", first, fut):
+                        for file, (digest, path) in enumerate(await fut, first):
+                            machine.on_digest(file, 0, digest)  # raises if it is wrong
+                            assert path is not None
+                            progress.files.append((file, path))
                     case ("finished", file, fut):
                         finishing -= 1
                         try:
@@ -1107,6 +1179,13 @@ class Transfers:
                 if left[0] == "piece":
                     with contextlib.suppress(BaseException):
                         await left[3]
+                elif left[0] == "run":
+                    # Files renamed into place are recorded, or a resume would fetch
+                    # them again under a new name.
+                    with contextlib.suppress(BaseException):
+                        for file, (_, path) in enumerate(await left[2], left[1]):
+                            if path is not None:
+                                progress.files.append((file, path))
                 elif left[0] in ("file", "files"):
                     # Files renamed into place are recorded, or a resume would fetch
                     # them again under a new name.
