@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import blake3
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -224,6 +225,22 @@ def test_small_files_are_asked_for_in_runs_of_consecutive_missing_files() -> Non
     for request in requests:
         answer(machine, files, request)
     assert machine.complete and machine.verified_bytes == sum(sizes)
+
+
+def test_older_senders_say_nothing_of_batches_and_ignore_the_flag() -> None:
+    """Nodes from before `FilesRequest` encode manifests of two fields: theirs decode
+    with ``batches`` False (the receiver then asks one file at a time), and ours decode
+    in their shape, the flag ignored."""
+
+    class OldManifest(msgspec.Struct, array_like=True, frozen=True):
+        files: list[wire.FileEntry]
+        dirs: list[wire.DirEntry] = []
+
+    files = [entry(f"f{i}", b"x" * 100) for i in range(5)]
+    old = wire.decode(wire.Manifest, msgspec.msgpack.encode(OldManifest(files)))
+    assert old == wire.Manifest(files) and not old.batches
+    ours = wire.Manifest(files, batches=True)
+    assert msgspec.msgpack.decode(wire.encode(ours), type=OldManifest).files == files
 
 
 def test_runs_are_bounded_by_count_bytes_and_the_window() -> None:

@@ -111,6 +111,10 @@ class DirEntry(msgspec.Struct, array_like=True, frozen=True):
 class Manifest(msgspec.Struct, array_like=True, frozen=True):
     files: list[FileEntry]
     dirs: list[DirEntry] = []
+    # The sender answers `FilesRequest`. Nodes from before it existed send no such
+    # field (it decodes as False), and ignore it when they receive it: a receiver asks
+    # them one file at a time. Kept in the manifest because the receiver stores that.
+    batches: bool = False
 
     @property
     def total_size(self) -> int:

@@ -228,7 +228,7 @@ def build_manifest(paths: list[Path], db: Database | None = None,
         if progress is not None:
             progress(st.st_size)
     _store_hashes(db, fresh)
-    return Offered(Manifest(files, dirs), [local for local, _, _ in found], skipped)
+    return Offered(Manifest(files, dirs, batches=True), [local for local, _, _ in found], skipped)
 
 
 def _walk(root: str, top: str, root_st: os.stat_result,

@@ -863,7 +863,7 @@ class Transfers:
                 verified.update((f, c) for c in range(manifest.files[f].chunks))
                 progress.files.append((f, path))
                 finished[f] = path
-            machine = Receiver(manifest, verified)
+            machine = Receiver(manifest, verified, small_runs=manifest.batches)
             unfinished = [f for f in machine.complete_files() if f not in finished]
             for f in unfinished:
                 progress.files.append((f, await on_thread(writer.finish, f)))
