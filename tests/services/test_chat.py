@@ -456,19 +456,25 @@ async def test_mail_delivery_is_answered_with_a_receipt(node_factory: NodeFactor
     await until(delivered)  # Bob's receipt came back over a session
 
 
+def hold_answers(node: Node, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """``node`` sits on what arrives (and so on its answers) until the event is set."""
+    release = asyncio.Event()
+    real_receive = node.chat.receive
+
+    async def slow_receive(*args: Any) -> list[wire.Frame]:
+        await release.wait()
+        return await real_receive(*args)
+
+    monkeypatch.setattr(node.chat, "receive", slow_receive)
+    return release
+
+
 async def test_a_new_message_does_not_wait_for_answers_to_earlier_ones(
         node_factory: NodeFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     from sidedoor.services import chat as chat_service
 
     alice, bob = await pair(node_factory)
-    release = asyncio.Event()
-    real_receive = bob.chat.receive
-
-    async def slow_receive(*args: Any) -> list[wire.Frame]:
-        await release.wait()  # Bob sits on his answer until told
-        return await real_receive(*args)
-
-    monkeypatch.setattr(bob.chat, "receive", slow_receive)
+    release = hold_answers(bob, monkeypatch)
     writes: list[int] = []
     real_send = chat_service.Link.send_nowait
 
@@ -544,14 +550,7 @@ async def test_a_message_leaves_before_its_own_commit_and_returns_after_it(
     from sidedoor.services import chat as chat_service
 
     alice, bob = await pair(node_factory)
-    release = asyncio.Event()
-    real_receive = bob.chat.receive
-
-    async def slow_receive(*args: Any) -> list[wire.Frame]:
-        await release.wait()  # Bob sits on his answers until told
-        return await real_receive(*args)
-
-    monkeypatch.setattr(bob.chat, "receive", slow_receive)
+    release = hold_answers(bob, monkeypatch)
     order: list[str] = []
     real_send = chat_service.Link.send_nowait
 

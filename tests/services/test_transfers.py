@@ -274,20 +274,24 @@ async def test_a_manifest_claiming_1_eb_is_refused_for_lack_of_room(
 
 
 class EvilSender:
-    """Takes the place of Alice's pull handler and answers requests as told."""
+    """Takes the place of Alice's pull handler and answers the first request as told
+    (``answer(request, content)`` gives the parts: bytes, ``END`` or ``STALL``)."""
 
-    def __init__(self, node: Node, answer: Callable[[wire.ChunkRequest, bytes],
-                                                    list[bytes]]) -> None:
+    expects: type[wire.ChunkRequest | wire.FilesRequest] = wire.ChunkRequest
+
+    def __init__(self, node: Node, answer: Callable[[Any, Any], list[bytes]]) -> None:
         self.node = node
         self.answer = answer
-        self.content: bytes = b""
+        self.content: Any = b""
+        self.requests: list[wire.ChunkRequest | wire.FilesRequest] = []
         node.add_channel_handler(wire.KIND_PULL, self.serve)
 
     async def serve(self, remote: PublicIdentity, stream: ChannelStream) -> None:
         raw = await stream.read_message(4096, timeout=5)
         assert raw is not None
         request = wire.decode_pull(raw)
-        assert isinstance(request, wire.ChunkRequest)
+        assert isinstance(request, self.expects)
+        self.requests.append(request)
         for part in self.answer(request, self.content):
             if part == b"END":
                 stream.end()
@@ -339,34 +343,11 @@ async def test_a_lying_sender_is_cut_off_and_its_data_discarded(
     await until_status(alice, tid, "cancelled")  # Alice is told
 
 
-class RunLiar:
-    """Takes the place of Alice's pull handler: answers the first request for several
-    small files at once (a `FilesRequest`) as told, given the files' bytes."""
+class RunLiar(EvilSender):
+    """An `EvilSender` for a request of several small files at once (a `FilesRequest`);
+    its content is the list of the files' bytes."""
 
-    def __init__(self, node: Node, answer: Callable[[wire.FilesRequest, list[bytes]],
-                                                    list[bytes]]) -> None:
-        self.node = node
-        self.answer = answer
-        self.contents: list[bytes] = []
-        self.requests: list[wire.FilesRequest] = []
-        node.add_channel_handler(wire.KIND_PULL, self.serve)
-
-    async def serve(self, remote: PublicIdentity, stream: ChannelStream) -> None:
-        raw = await stream.read_message(4096, timeout=5)
-        assert raw is not None
-        request = wire.decode_pull(raw)
-        assert isinstance(request, wire.FilesRequest)
-        self.requests.append(request)
-        for part in self.answer(request, self.contents):
-            if part == b"END":
-                stream.end()
-                await asyncio.sleep(0.5)
-                return
-            await stream.write(part)
-        await asyncio.sleep(0.2)
-
-    def restore(self) -> None:
-        self.node.add_channel_handler(wire.KIND_PULL, self.node.transfers._on_pull)
+    expects = wire.FilesRequest
 
 
 def files_header(first: int, count: int, size: int) -> bytes:
@@ -382,7 +363,7 @@ def damaged(contents: list[bytes], index: int) -> bytes:
 
 async def folder_offered_and_accepted(alice: Node, bob: Node, work: Path, liar: RunLiar
                                       ) -> tuple[str, Path]:
-    liar.contents = [make_file(work / "src" / "folder" / f"f{i}.txt", 1000, seed=i)
+    liar.content = [make_file(work / "src" / "folder" / f"f{i}.txt", 1000, seed=i)
                      for i in range(5)]
     sent = await alice.transfers.send([str(work / "src" / "folder")], bob.public.address)
     await until_status(bob, sent["id"], "offered")
@@ -417,7 +398,7 @@ async def test_a_sender_lying_about_a_run_of_files_is_cut_off(
         if path.is_file():
             index = int(path.name[1])
             assert path.name == f"f{index}.txt" and index != 2
-            assert path.read_bytes() == liar.contents[index]
+            assert path.read_bytes() == liar.content[index]
     assert not [p for p in dest.rglob("*") if p.name.startswith(".")]
     assert tree(work / "src") == ["folder", *(f"folder/f{i}.txt" for i in range(5))]
     await until_status(alice, tid, "cancelled")
@@ -439,7 +420,7 @@ async def test_a_sender_stopping_in_a_run_of_files_is_resumed_from_what_arrived(
     assert tree(dest) == ["folder"]  # a run is written once all of it has arrived
     liar.restore()
     await until_status(bob, tid, "done", timeout=15)
-    assert [(dest / "folder" / f"f{i}.txt").read_bytes() for i in range(5)] == liar.contents
+    assert [(dest / "folder" / f"f{i}.txt").read_bytes() for i in range(5)] == liar.content
     assert tree(dest) == ["folder", *(f"folder/f{i}.txt" for i in range(5))]
 
 

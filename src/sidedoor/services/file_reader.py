@@ -40,6 +40,13 @@ class SourceFiles:
         if fd is not None:
             self._open.move_to_end(file)
             return fd
+        fd = self._open[file] = self._open_unchanged(file)
+        while len(self._open) > MAX_OPEN_FILES:
+            os.close(self._open.popitem(last=False)[1])
+        return fd
+
+    def _open_unchanged(self, file: int) -> int:
+        """A descriptor of ``file``'s source; `TransferError` if it changed since the offer."""
         entry, path = self.manifest.files[file], self.sources[file]
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -49,9 +56,6 @@ class SourceFiles:
         if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
             os.close(fd)
             raise TransferError(f"{path} changed since it was offered; send it again")
-        self._open[file] = fd
-        while len(self._open) > MAX_OPEN_FILES:
-            os.close(self._open.popitem(last=False)[1])
         return fd
 
     def read(self, pieces: list[Piece]) -> list[bytes]:
@@ -85,14 +89,8 @@ class SourceFiles:
         files = self.manifest.files
         for file in range(run.first, run.first + run.number):
             entry, path = files[file], self.sources[file]
+            fd = self._open_unchanged(file)
             try:
-                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-            except OSError as exc:
-                raise TransferError(f"{path} can no longer be read: {exc.strerror}") from exc
-            try:
-                st = os.fstat(fd)
-                if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
-                    raise TransferError(f"{path} changed since it was offered; send it again")
                 start = at
                 end = at + entry.size
                 while at < end:
