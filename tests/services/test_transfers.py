@@ -404,24 +404,46 @@ async def test_a_sender_lying_about_a_run_of_files_is_cut_off(
     await until_status(alice, tid, "cancelled")
 
 
-async def test_a_sender_stopping_in_a_run_of_files_is_resumed_from_what_arrived(
-        pair: tuple[Node, Node], work: Path) -> None:
-    alice, bob = pair
-    liar = RunLiar(alice, lambda r, files: [files_header(0, 5, 5000),
-                                            b"".join(files)[:2500], b"END"])
-    tid, dest = await folder_offered_and_accepted(alice, bob, work, liar)
-
+async def interrupted_with_nothing_kept(bob: Node, tid: str) -> None:
+    """Bob's transfer waits for the sender to come back, with nothing verified yet."""
     async def interrupted() -> bool:
         info = await status_of(bob, tid)
         return "went away" in info["activity"]
     await wait_for(interrupted)
     info = await status_of(bob, tid)
     assert info["status"] == "receiving" and info["done_bytes"] == 0
+
+
+async def test_a_sender_stopping_in_a_run_of_files_is_resumed_from_what_arrived(
+        pair: tuple[Node, Node], work: Path) -> None:
+    alice, bob = pair
+    liar = RunLiar(alice, lambda r, files: [files_header(0, 5, 5000),
+                                            b"".join(files)[:2500], b"END"])
+    tid, dest = await folder_offered_and_accepted(alice, bob, work, liar)
+    await interrupted_with_nothing_kept(bob, tid)
     assert tree(dest) == ["folder"]  # a run is written once all of it has arrived
     liar.restore()
     await until_status(bob, tid, "done", timeout=15)
     assert [(dest / "folder" / f"f{i}.txt").read_bytes() for i in range(5)] == liar.content
     assert tree(dest) == ["folder", *(f"folder/f{i}.txt" for i in range(5))]
+
+
+async def bad_request_is_cut_off(alice: Node, bob: Node, source: Path,
+                                 request: wire.ChunkRequest | wire.FilesRequest,
+                                 match: str) -> None:
+    """Bob pulls ``source``, offered by Alice, with ``request``: Alice ends the channel
+    saying why (``match``), fails the transfer and has sent nothing."""
+    sent = await alice.transfers.send([str(source)], bob.public.address)
+    await until_status(alice, sent["id"], "offered")
+    conn = await bob.reach(alice.public.key)
+    stream = await conn.open_channel(wire.KIND_PULL, wire.encode(
+        wire.PullMeta(bytes.fromhex(sent["id"]))))
+    await stream.write_message(wire.encode(request))
+    with pytest.raises(ChannelClosedError, match=match):
+        await stream.read_all(1 << 20, timeout=5)
+    info = await until_status(alice, sent["id"], "failed")
+    assert "the receiver misbehaved and was cut off" in info["error"]
+    assert info["bytes_sent"] == 0
 
 
 async def test_a_receiver_asking_for_a_bad_run_of_files_is_cut_off(
@@ -430,17 +452,8 @@ async def test_a_receiver_asking_for_a_bad_run_of_files_is_cut_off(
     make_file(work / "folder" / "a.txt", 10)
     make_file(work / "folder" / "b.bin", 3 << 20)
     make_file(work / "folder" / "c.txt", 10)
-    sent = await alice.transfers.send([str(work / "folder")], bob.public.address)
-    await until_status(alice, sent["id"], "offered")
-    conn = await bob.reach(alice.public.key)
-    stream = await conn.open_channel(wire.KIND_PULL, wire.encode(
-        wire.PullMeta(bytes.fromhex(sent["id"]))))
-    await stream.write_message(wire.encode(wire.FilesRequest(0, 3)))
-    with pytest.raises(ChannelClosedError, match=r"'folder/b\.bin' whole"):
-        await stream.read_all(1 << 20, timeout=5)
-    info = await until_status(alice, sent["id"], "failed")
-    assert "the receiver misbehaved and was cut off" in info["error"]
-    assert info["bytes_sent"] == 0
+    await bad_request_is_cut_off(alice, bob, work / "folder", wire.FilesRequest(0, 3),
+                                 r"'folder/b\.bin' whole")
 
 
 async def test_a_sender_stopping_mid_chunk_leaves_no_file_and_resumes_later(
@@ -450,13 +463,7 @@ async def test_a_sender_stopping_mid_chunk_leaves_no_file_and_resumes_later(
                                               data[:5000], b"END"])
     evil.content = make_file(work / "src" / "file.bin", 3 << 20)
     tid, data, dest = await offered_and_accepted(alice, bob, work, 3 << 20)
-
-    async def interrupted() -> bool:
-        info = await status_of(bob, tid)
-        return "went away" in info["activity"]
-    await wait_for(interrupted)
-    info = await status_of(bob, tid)
-    assert info["status"] == "receiving" and info["done_bytes"] == 0
+    await interrupted_with_nothing_kept(bob, tid)
     assert not (dest / "file.bin").exists()
     evil.restore()
     await until_status(bob, tid, "done", timeout=15)
@@ -468,17 +475,8 @@ async def test_a_receiver_asking_out_of_range_is_cut_off(
         pair: tuple[Node, Node], work: Path) -> None:
     alice, bob = pair
     make_file(work / "f.bin", 2000)
-    sent = await alice.transfers.send([str(work / "f.bin")], bob.public.address)
-    await until_status(alice, sent["id"], "offered")
-    conn = await bob.reach(alice.public.key)
-    stream = await conn.open_channel(wire.KIND_PULL, wire.encode(
-        wire.PullMeta(bytes.fromhex(sent["id"]))))
-    await stream.write_message(wire.encode(wire.ChunkRequest(0, 7)))
-    with pytest.raises(ChannelClosedError, match="request for chunk 7"):
-        await stream.read_all(1 << 20, timeout=5)
-    info = await until_status(alice, sent["id"], "failed")
-    assert "the receiver misbehaved and was cut off" in info["error"]
-    assert info["bytes_sent"] == 0
+    await bad_request_is_cut_off(alice, bob, work / "f.bin", wire.ChunkRequest(0, 7),
+                                 "request for chunk 7")
 
 
 async def test_a_stranger_cannot_pull_someone_elses_transfer(
