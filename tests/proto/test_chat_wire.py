@@ -235,3 +235,19 @@ def test_splitter_refuses_a_frame_over_the_limit_before_buffering_it() -> None:
     splitter = chat.FrameSplitter(100)
     with pytest.raises(MessageError, match="limit"):
         splitter.feed((101).to_bytes(4, "big"))
+
+
+@given(st.lists(st.integers(0, 2**48 - 1), min_size=2, max_size=20, unique=True))
+def test_message_ids_sort_by_their_time(times: list[int]) -> None:
+    # Ids are index keys: ids made later must sort after earlier ones (appended, not
+    # scattered over the index), whatever their random part.
+    ids = {t: chat.message_id(t, os.urandom(chat.ID_RANDOM)) for t in times}
+    assert sorted(ids.values()) == [ids[t] for t in sorted(times)]
+    assert all(len(i) == chat.ID_LEN and i[:6] == t.to_bytes(6, "big") for t, i in ids.items())
+
+
+def test_message_ids_differ_within_a_millisecond_and_need_a_full_nonce() -> None:
+    ids = {chat.message_id(1_800_000_000_000, os.urandom(chat.ID_RANDOM)) for _ in range(1000)}
+    assert len(ids) == 1000
+    with pytest.raises(ValueError, match="10 bytes"):
+        chat.message_id(1, b"short")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -12,11 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidedoor.proto import chat as wire
-from sidedoor.services.chat_store import ChatStore
+from sidedoor.services.chat_store import ChatStore, insert_rows
 from sidedoor.storage.db import Database
 
 ME = b"\x00" * 32
 PEER = b"\x01" * 32
+OTHER = b"\x02" * 32
 SENDERS = [bytes([i]) * 32 for i in (1, 2, 3)]
 ROOM = b"r" * 16
 NOW = 1_800_000_000_000
@@ -82,5 +84,53 @@ def test_search_and_batches(tmp_path: Path) -> None:
         assert store.conversations()[0]["unread"] == 301
         assert len(store.mark_read(PEER)[PEER]) == 301
         assert store.conversations()[0]["unread"] == 0
+    finally:
+        db.close()
+
+
+def test_insert_rows_writes_every_row_in_order_whatever_the_count() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (n INTEGER, label TEXT)")
+    for count in (0, 1, 2, 3, 7, 255, 256, 257, 700):
+        conn.execute("DELETE FROM t")
+        insert_rows(conn, "INSERT INTO t (n, label)", "(?, ?)",
+                    [(i, f"row {i}") for i in range(count)])
+        assert conn.execute("SELECT n, label FROM t ORDER BY rowid").fetchall() == [
+            (i, f"row {i}") for i in range(count)]
+
+
+def _outgoing(store: ChatStore, to: bytes, count: int, seq: int = 1) -> list[bytes]:
+    msgs = [wire.Message(wire.message_id(NOW + i, os.urandom(wire.ID_RANDOM)), ME, to,
+                         seq + i, NOW + i, f"to {to[:1].hex()} {i}") for i in range(count)]
+    store.store_outgoing([(m, [(to, wire.encode(m))]) for m in msgs], NOW)
+    return [m.id for m in msgs]
+
+
+def _states(store: ChatStore, conversation: bytes) -> list[str]:
+    return [m.state for m in store.history(conversation, limit=1000)]
+
+
+def test_answers_settle_only_what_the_peer_may_answer_for(tmp_path: Path) -> None:
+    db = Database(tmp_path)
+    try:
+        store = ChatStore(db, ME)
+        to_peer = _outgoing(store, PEER, 600)
+        to_other = _outgoing(store, OTHER, 2)
+        # The usual answer: every message of a big burst stored (one statement a chunk).
+        delivered, failed = store.settle(PEER, to_peer, [], NOW)
+        assert delivered == [(mid, PEER) for mid in to_peer] and failed == []
+        assert _states(store, PEER) == ["delivered"] * 600
+        # A peer answering for messages written to someone else changes nothing of theirs.
+        delivered, failed = store.settle(PEER, [to_peer[0], to_other[0]],
+                                         [(to_other[1], "no")], NOW)
+        assert delivered == [(to_peer[0], PEER)] and failed == []
+        assert _states(store, OTHER) == ["pending", "pending"]
+        # Told twice: still reported (the answer may have been lost), still delivered.
+        delivered, _ = store.settle(PEER, to_peer[:3], [], NOW)
+        assert delivered == [(mid, PEER) for mid in to_peer[:3]]
+        # The right peer's answers do count.
+        delivered, failed = store.settle(OTHER, [to_other[0]], [(to_other[1], "too big")], NOW)
+        assert delivered == [(to_other[0], OTHER)] and failed == [(to_other[1], OTHER)]
+        assert _states(store, OTHER) == ["delivered", "failed"]
     finally:
         db.close()

@@ -706,12 +706,13 @@ class Chat:
         loading.set_result(clock)
         return clock
 
-    def _new_id(self) -> bytes:
+    def _new_id(self, sent_at: int) -> bytes:
         # Random bytes fetched in bulk: one system call per 256 messages, not one each.
         if not self._ids:
-            pool = os.urandom(wire.ID_LEN * 256)
-            self._ids = [pool[i : i + wire.ID_LEN] for i in range(0, len(pool), wire.ID_LEN)]
-        return self._ids.pop()
+            size = wire.ID_RANDOM
+            pool = os.urandom(size * 256)
+            self._ids = [pool[i : i + size] for i in range(0, len(pool), size)]
+        return wire.message_id(sent_at, self._ids.pop())
 
     def _seen(self, conversation: bytes, order_at: int) -> None:
         clock = self._clocks.get(conversation)
@@ -736,7 +737,7 @@ class Chat:
             room_id = conversation
         clock = self._clocks.get(conversation) or await self._load_clock(conversation)
         seq, sent_at = self._stamp(clock)
-        msg = Message(self._new_id(), self.me, conversation, seq, sent_at, text,
+        msg = Message(self._new_id(sent_at), self.me, conversation, seq, sent_at, text,
                       reply_to, tuple(attachments))
         if room_id is not None:
             assert self.node.identity is not None

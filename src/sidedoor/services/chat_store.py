@@ -89,6 +89,29 @@ def _message(row: tuple[Any, ...]) -> StoredMessage:
         bytes(row[14]) if row[14] else None)
 
 
+def insert_rows(conn: sqlite3.Connection, head: str, row: str,
+                rows: list[tuple[Any, ...]]) -> None:
+    """``head VALUES row, row, ...`` for every row, in a few statements.
+
+    Why not `executemany`: Python's sqlite3 lets go of the GIL around every step, so
+    a statement run once per row takes the GIL back once per row; from the database
+    thread, while the event loop is busy, each of those waits its turn (up to the
+    interpreter's switch interval). A statement of many rows steps once. Sizes are
+    powers of two, so a handful of statement texts cover every count (and stay in
+    the connection's statement cache).
+    """
+    pos = 0
+    while pos < len(rows):
+        size = min(_MAX_ROWS, 1 << ((len(rows) - pos).bit_length() - 1))
+        chunk = rows[pos : pos + size]
+        conn.execute(f"{head} VALUES {','.join([row] * size)}",
+                     [value for r in chunk for value in r])
+        pos += size
+
+
+_MAX_ROWS = 256
+
+
 class ChatStore:
     def __init__(self, db: Database, me: bytes) -> None:
         self.db = db
@@ -173,10 +196,10 @@ class ChatStore:
         for msg, _ in items:
             seq, newest = clocks.get(msg.to, (0, 0))
             clocks[msg.to] = (max(seq, msg.seq + 1), max(newest, msg.sent_at))
-        conn.executemany(
-            "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
+        insert_rows(
+            conn, "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
             "received_at, order_at, text, reply_to, attachments, signature, mine, "
-            "state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, ?)",
+            "state)", "(?,?,?,?,?,?,?,?,?,?,?,1,?)",
             [(msg.id, msg.to, msg.sender, msg.seq, msg.sent_at, now, msg.sent_at,
               msg.text, msg.reply_to or None,
               wire._encoder.encode(msg.attachments) if msg.attachments else None,
@@ -247,22 +270,24 @@ class ChatStore:
 
     def _settle(self, conn: sqlite3.Connection, peer: bytes, stored: list[bytes],
                 refused: list[tuple[bytes, str]], now: int) -> Settled:
-        # The usual answer is "stored" for our direct messages: they are marked delivered
-        # by one statement that also says which they were (no look-up first).
+        # The usual answer is "stored" for our direct messages to this peer: they are
+        # marked delivered by one statement, and when it changed every one of them
+        # nothing needs looking up. (``+conversation``: the id index finds the rows;
+        # with hundreds of ids the planner would otherwise walk the conversation.)
         delivered: list[tuple[bytes, bytes]] = []
         for i in range(0, len(stored), 500):
             chunk = stored[i : i + 500]
-            delivered.extend((bytes(r[0]), bytes(r[1])) for r in conn.execute(
-                "UPDATE chat_messages SET state = 'delivered' WHERE mine = 1 AND "
-                "length(conversation) = 32 AND state IN ('pending', 'mailed', 'sent') AND "
-                f"id IN ({','.join('?' * len(chunk))}) RETURNING id, conversation",
-                chunk).fetchall())
-        if len(delivered) < len(stored):
-            # Room messages, other frames, and direct messages told twice.
-            marked = {mid for mid, _ in delivered}
-            delivered.extend(self._ours(conn, [ref for ref in stored if ref not in marked]))
+            cur = conn.execute(
+                "UPDATE chat_messages SET state = 'delivered' WHERE +conversation = ? AND "
+                "mine = 1 AND state IN ('pending', 'mailed', 'sent') AND "
+                f"id IN ({','.join('?' * len(chunk))})", [peer, *chunk])
+            if cur.rowcount == len(chunk):
+                delivered.extend((ref, peer) for ref in chunk)
+            else:
+                # Room messages, other frames, direct messages told twice.
+                delivered.extend(self._ours(conn, peer, chunk))
         reasons = dict(refused)
-        failed = self._ours(conn, list(reasons)) if reasons else []
+        failed = self._ours(conn, peer, list(reasons)) if reasons else []
         # Our direct messages wait as themselves, never in chat_outbox: only the other
         # frames (room messages, receipts, room updates) have a row there to drop.
         direct = {mid for mid, conv in (*delivered, *failed) if len(conv) == wire.KEY_LEN}
@@ -281,14 +306,17 @@ class ChatStore:
                  if len(conv) == wire.KEY_LEN])
         return delivered, failed
 
-    def _ours(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[tuple[bytes, bytes]]:
-        """(id, conversation) of those of ``ids`` that are our messages."""
+    def _ours(self, conn: sqlite3.Connection, peer: bytes, ids: list[bytes]
+              ) -> list[tuple[bytes, bytes]]:
+        """(id, conversation) of those of ``ids`` that are our messages in a room or to
+        ``peer``: what the peer may answer for (not our messages to someone else)."""
         found: list[tuple[bytes, bytes]] = []
         for i in range(0, len(ids), 500):
             chunk = ids[i : i + 500]
             found.extend((bytes(r[0]), bytes(r[1])) for r in conn.execute(
                 "SELECT id, conversation FROM chat_messages WHERE mine = 1 AND id IN "
-                f"({','.join('?' * len(chunk))})", chunk))
+                f"({','.join('?' * len(chunk))}) AND (length(conversation) = ? "
+                "OR conversation = ?)", [*chunk, wire.ID_LEN, peer]))
         return found
 
     def _mine(self, conn: sqlite3.Connection, ids: list[bytes]) -> list[StoredMessage]:
