@@ -65,6 +65,53 @@ def test_stored_order_matches_the_rule(messages: list[tuple[bytes, int, int, int
             db.close()
 
 
+
+@settings(max_examples=40, deadline=None)
+@given(arrivals(), st.lists(st.integers(1, 6), min_size=1, max_size=20))
+def test_batches_keep_the_rule_and_store_each_message_once(
+        messages: list[tuple[bytes, int, int, int]], cuts: list[int]) -> None:
+    # Batches as a busy channel delivers them: in order (stored many rows a statement),
+    # or with a gap filled late or a message told twice (one at a time).
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Database(Path(tmp))
+        try:
+            store = ChatStore(db, ME)
+            timeline = wire.Timeline()
+            msgs = [(wire.Message(os.urandom(16), sender, ROOM, seq, sent_at, f"m{seq}"), at)
+                    for sender, seq, sent_at, at in messages]
+            pos, turn = 0, 0
+            while pos < len(msgs):
+                batch = msgs[pos : pos + cuts[turn % len(cuts)]]
+                pos, turn = pos + len(batch), turn + 1
+                now = batch[0][1]
+                for msg, _ in batch:
+                    timeline.insert(msg.sender, msg.seq, msg.sent_at, now)
+                again = [batch[0]] if turn % 3 == 0 else []  # told twice in one batch
+                new = store.store_incoming([(m, ROOM) for m, _ in batch + again], now)
+                assert sorted(m.id for m in new) == sorted(m.id for m, _ in batch)
+            stored = [(m.sender, m.seq, m.order_at) for m in store.history(ROOM, limit=1000)]
+            assert stored == [(p.sender, p.seq, p.order_at) for p in timeline.order()]
+            assert store.store_incoming([(m, ROOM) for m, _ in msgs], NOW) == []
+        finally:
+            db.close()
+
+
+def test_an_old_id_under_a_new_place_is_not_stored_again(tmp_path: Path) -> None:
+    db = Database(tmp_path)
+    try:
+        store = ChatStore(db, ME)
+        first = [wire.Message(os.urandom(16), PEER, ME, seq, NOW + seq, f"m{seq}")
+                 for seq in (1, 2)]
+        assert len(store.store_incoming([(m, PEER) for m in first], NOW)) == 2
+        # The next batch is in order, but its first message reuses an id already stored.
+        forged = wire.Message(first[0].id, PEER, ME, 3, NOW + 3, "the same id again")
+        fresh = wire.Message(os.urandom(16), PEER, ME, 4, NOW + 4, "m4")
+        new = store.store_incoming([(forged, PEER), (fresh, PEER)], NOW)
+        assert [m.id for m in new] == [fresh.id]
+        assert [m.text for m in store.history(PEER)] == ["m1", "m2", "m4"]
+    finally:
+        db.close()
+
 def test_search_and_batches(tmp_path: Path) -> None:
     db = Database(tmp_path)
     try:
