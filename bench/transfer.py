@@ -244,8 +244,10 @@ class TransferEvents:
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(OSError):
             self.conn.sock.shutdown(socket.SHUT_RDWR)  # type: ignore[union-attr]
-        self.conn.close()
+        # The reader ends on the shut socket; closing the connection under it instead
+        # makes http.client fail inside its own code.
         self.thread.join(5)
+        self.conn.close()
 
 
 class SidedoorPair:
