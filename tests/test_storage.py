@@ -9,7 +9,7 @@ import pytest
 
 from sidedoor.errors import StorageError
 from sidedoor.storage import db as dbmod
-from sidedoor.storage.db import Database, connect, migrations
+from sidedoor.storage.db import Database, connect, insert_rows, migrations
 
 
 def test_migrations_are_numbered_without_gaps() -> None:
@@ -151,3 +151,19 @@ async def test_run_short_errors_are_storage_errors(tmp_path: Path) -> None:
         await db.run(db.set_setting, "k", "v")
     finally:
         db.close()
+
+
+def test_insert_rows_writes_every_row_in_order_whatever_the_count() -> None:
+    conn = sqlite3.connect(":memory:")
+    conn.execute("CREATE TABLE t (n INTEGER, label TEXT)")
+    for count in (0, 1, 2, 3, 7, 255, 256, 257, 700):
+        conn.execute("DELETE FROM t")
+        assert insert_rows(conn, "INSERT INTO t (n, label)", "(?, ?)",
+                           [(i, f"row {i}") for i in range(count)]) == count
+        assert conn.execute("SELECT n, label FROM t ORDER BY rowid").fetchall() == [
+            (i, f"row {i}") for i in range(count)]
+    # The count is of rows inserted: those a conflict clause skipped are not in it.
+    conn.execute("CREATE UNIQUE INDEX t_n ON t (n)")
+    assert insert_rows(conn, "INSERT INTO t (n, label)", "(?, ?)",
+                       [(n, "again") for n in (5, 1000, 6, 1001)],
+                       "ON CONFLICT (n) DO NOTHING") == 2

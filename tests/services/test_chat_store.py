@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import random
-import sqlite3
 import tempfile
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sidedoor.proto import chat as wire
-from sidedoor.services.chat_store import ChatStore, insert_rows
+from sidedoor.services.chat_store import ChatStore
 from sidedoor.storage.db import Database
 
 ME = b"\x00" * 32
@@ -133,17 +132,6 @@ def test_search_and_batches(tmp_path: Path) -> None:
         assert store.conversations()[0]["unread"] == 0
     finally:
         db.close()
-
-
-def test_insert_rows_writes_every_row_in_order_whatever_the_count() -> None:
-    conn = sqlite3.connect(":memory:")
-    conn.execute("CREATE TABLE t (n INTEGER, label TEXT)")
-    for count in (0, 1, 2, 3, 7, 255, 256, 257, 700):
-        conn.execute("DELETE FROM t")
-        insert_rows(conn, "INSERT INTO t (n, label)", "(?, ?)",
-                    [(i, f"row {i}") for i in range(count)])
-        assert conn.execute("SELECT n, label FROM t ORDER BY rowid").fetchall() == [
-            (i, f"row {i}") for i in range(count)]
 
 
 def _outgoing(store: ChatStore, to: bytes, count: int, seq: int = 1) -> list[bytes]:

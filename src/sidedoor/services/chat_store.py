@@ -19,7 +19,7 @@ from sidedoor.errors import ChatError, ContactError
 from sidedoor.proto import chat as wire
 from sidedoor.proto.chat import Message, RoomState, RoomUpdate
 from sidedoor.services.contacts import ContactBook
-from sidedoor.storage.db import Database
+from sidedoor.storage.db import Database, insert_rows
 
 T = TypeVar("T")
 MAX_PAGE = 1000
@@ -87,31 +87,6 @@ def _message(row: tuple[Any, ...]) -> StoredMessage:
         row[8], bytes(row[9]) if row[9] else None,
         _attachments.decode(row[10]) if row[10] else (), bool(row[11]), row[12], row[13],
         bytes(row[14]) if row[14] else None)
-
-
-def insert_rows(conn: sqlite3.Connection, head: str, row: str,
-                rows: list[tuple[Any, ...]], tail: str = "") -> int:
-    """``head VALUES row, row, ... tail`` for every row, in a few statements; how many
-    rows they inserted.
-
-    Why not `executemany`: Python's sqlite3 lets go of the GIL around every step, so
-    a statement run once per row takes the GIL back once per row; from the database
-    thread, while the event loop is busy, each of those waits its turn (up to the
-    interpreter's switch interval). A statement of many rows steps once. Sizes are
-    powers of two, so a handful of statement texts cover every count (and stay in
-    the connection's statement cache).
-    """
-    pos = inserted = 0
-    while pos < len(rows):
-        size = min(_MAX_ROWS, 1 << ((len(rows) - pos).bit_length() - 1))
-        chunk = rows[pos : pos + size]
-        inserted += conn.execute(f"{head} VALUES {','.join([row] * size)} {tail}",
-                                 [value for r in chunk for value in r]).rowcount
-        pos += size
-    return inserted
-
-
-_MAX_ROWS = 256
 
 
 class ChatStore:

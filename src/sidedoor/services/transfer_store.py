@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sidedoor.proto import transfer as wire
-from sidedoor.storage.db import Database
+from sidedoor.storage.db import Database, insert_rows
 
 OUT_ACTIVE = ("queued", "offered", "sending")
 IN_ACTIVE = ("offered", "receiving")
@@ -140,10 +140,12 @@ class TransferStore:
         def save(c: sqlite3.Connection) -> None:
             c.execute("BEGIN")
             try:
-                c.executemany("INSERT OR IGNORE INTO transfer_chunks(transfer, file, chunk) "
-                              "VALUES(?, ?, ?)", [(tid, f, ch) for f, ch in chunks])
-                c.executemany("INSERT OR REPLACE INTO transfer_files(transfer, file, "
-                              "final_path) VALUES(?, ?, ?)", [(tid, f, p) for f, p in files])
+                # Many rows a statement (see insert_rows): thousands of small files
+                # make thousands of rows a second, written while the loop is busy.
+                insert_rows(c, "INSERT OR IGNORE INTO transfer_chunks(transfer, file, chunk)",
+                            "(?, ?, ?)", [(tid, f, ch) for f, ch in chunks])
+                insert_rows(c, "INSERT OR REPLACE INTO transfer_files(transfer, file, "
+                            "final_path)", "(?, ?, ?)", [(tid, f, p) for f, p in files])
                 if counters:
                     assignments = ", ".join(f"{name} = ?" for name in counters)
                     c.execute(f"UPDATE transfers SET {assignments}, updated_at = ? WHERE id = ?",
