@@ -113,7 +113,6 @@ def insert_rows(conn: sqlite3.Connection, head: str, row: str,
     return inserted
 
 
-
 class Database:
     """The node's database. Sync methods for the CLI; `run` for the event loop."""
 
