@@ -153,3 +153,34 @@ def test_a_run_of_files_is_written_file_by_file_and_a_wrong_one_not_at_all(
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == [
         "box", "box (1)", "box (1)/a.txt", "box (1)/deeper", "box (1)/deeper/c.txt",
         "other", "other/d.txt", "top.txt"]
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["unnamed-then-linked", "partial"])
+def test_a_long_run_is_written_by_two_threads_in_order(tmp_path: Path, unnamed: bool) -> None:
+    datas = [f"file {i}".encode() * (i + 1) for i in range(40)]
+    paths = [f"f{i}.txt" if i % 2 else f"box/f{i}.txt" for i in range(40)]
+    manifest = Manifest([entry(p, d) for p, d in zip(paths, datas, strict=True)])
+    (tmp_path / "f5.txt").write_bytes(b"mine")  # taken names, in both halves
+    (tmp_path / "f31.txt").write_bytes(b"mine too")
+    writer = IncomingFiles(tmp_path, TID, manifest, {})
+    writer._unnamed = writer._unnamed and unnamed
+    writer.claim_roots()
+    sent = list(datas)
+    sent[3], sent[36] = b"X" * len(datas[3]), b"Y" * len(datas[36])  # damaged, each half
+    data = memoryview(b"".join(sent))
+    results = writer.write_run(0, [len(d) for d in sent], data,
+                               hash_files(data, [len(d) for d in sent]))
+    assert writer._helper is not None  # the second thread wrote half of them
+    writer.close()
+    expected = [None if i in (3, 36) else
+                "f5 (1).txt" if i == 5 else "f31 (1).txt" if i == 31 else paths[i]
+                for i in range(40)]
+    assert [path for _, path in results] == expected
+    assert [digest for digest, _ in results] == [blake3.blake3(d).digest() for d in sent]
+    for path, content in zip(expected, datas, strict=True):
+        if path is not None:
+            assert (tmp_path / path).read_bytes() == content
+            assert (tmp_path / path).stat().st_mtime_ns == MTIME
+    assert (tmp_path / "f5.txt").read_bytes() == b"mine"
+    assert not (tmp_path / "f3.txt").exists() and not (tmp_path / "box/f36.txt").exists()
+    assert len(list(tmp_path.rglob("*.txt"))) == 40  # 38 written, 2 of mine, no partials
