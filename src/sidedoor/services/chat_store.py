@@ -335,13 +335,7 @@ class ChatStore:
                     messages_left = messages
                 for msg, conv in messages_left:
                     key = (conv, msg.sender)
-                    tip = self._tips.get(key)
-                    if tip is None:
-                        row = conn.execute(
-                            "SELECT seq, order_at FROM chat_messages INDEXED BY "
-                            "chat_messages_sender WHERE conversation = ? AND sender = ? "
-                            "ORDER BY seq DESC LIMIT 1", key).fetchone()
-                        tip = (row[0], row[1]) if row else (0, 0)
+                    tip = self._tip(conn, key)
                     effective = wire.effective_time(msg.sent_at, now)
                     late = msg.seq <= tip[0]
                     if not late:
@@ -398,6 +392,17 @@ class ChatStore:
                 None, msg.signature or None) for msg, conv, order_at in new]
         return self._call(run)
 
+    def _tip(self, conn: sqlite3.Connection, key: tuple[bytes, bytes]) -> tuple[int, int]:
+        """(highest seq stored, its order_at) of a (conversation, sender); (0, 0) if none."""
+        tip = self._tips.get(key)
+        if tip is None:
+            row = conn.execute(
+                "SELECT seq, order_at FROM chat_messages INDEXED BY chat_messages_sender "
+                "WHERE conversation = ? AND sender = ? ORDER BY seq DESC LIMIT 1",
+                key).fetchone()
+            tip = (row[0], row[1]) if row else (0, 0)
+        return tip
+
     def _store_in_order(self, conn: sqlite3.Connection, messages: list[tuple[Message, bytes]],
                         now: int, newest: dict[bytes, int],
                         new: list[tuple[Message, bytes, int]]) -> bool:
@@ -413,13 +418,7 @@ class ChatStore:
         placed: list[tuple[Message, bytes, int]] = []
         for msg, conv in messages:
             key = (conv, msg.sender)
-            tip = tips.get(key) or self._tips.get(key)
-            if tip is None:
-                row = conn.execute(
-                    "SELECT seq, order_at FROM chat_messages INDEXED BY "
-                    "chat_messages_sender WHERE conversation = ? AND sender = ? "
-                    "ORDER BY seq DESC LIMIT 1", key).fetchone()
-                tip = (row[0], row[1]) if row else (0, 0)
+            tip = tips.get(key) or self._tip(conn, key)
             if msg.seq <= tip[0]:
                 return False  # late, or told twice
             order_at = max(wire.effective_time(msg.sent_at, now), tip[1])
