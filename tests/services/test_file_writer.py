@@ -184,3 +184,26 @@ def test_a_long_run_is_written_by_two_threads_in_order(tmp_path: Path, unnamed: 
     assert (tmp_path / "f5.txt").read_bytes() == b"mine"
     assert not (tmp_path / "f3.txt").exists() and not (tmp_path / "box/f36.txt").exists()
     assert len(list(tmp_path.rglob("*.txt"))) == 40  # 38 written, 2 of mine, no partials
+
+
+def test_a_run_over_more_folders_than_stay_open_puts_each_file_in_its_own(
+        tmp_path: Path) -> None:
+    # 100 folders, one file each (and 40 files in one more): more folders than the
+    # writer keeps open, so folders opened early in the run are closed again.
+    paths = [f"top/d{i:03}/f.txt" for i in range(100)] + [f"top/many/g{i}.txt"
+                                                           for i in range(40)]
+    datas = [p.encode() for p in paths]
+    manifest = Manifest([entry(p, d) for p, d in zip(paths, datas, strict=True)])
+    writer = IncomingFiles(tmp_path, TID, manifest, {})
+    writer.claim_roots()
+    writer.make_dirs()
+    data = memoryview(b"".join(datas))
+    for first, count in ((0, 100), (100, 40)):
+        sizes = [len(d) for d in datas[first:first + count]]
+        part = data[sum(len(d) for d in datas[:first]):][:sum(sizes)]
+        results = writer.write_run(first, sizes, part, hash_files(part, sizes))
+        assert [path for _, path in results] == paths[first:first + count]
+    writer.close()
+    for path, content in zip(paths, datas, strict=True):
+        assert (tmp_path / path).read_bytes() == content
+    assert len(list(tmp_path.rglob("*.txt"))) == 140

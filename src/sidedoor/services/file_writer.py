@@ -36,6 +36,7 @@ _TMPFILE_FLAGS = getattr(os, "O_TMPFILE", 0) | os.O_RDWR | getattr(os, "O_CLOEXE
 MAX_OPEN_FILES = 32
 MAX_OPEN_DIRS = 64
 MIN_SPLIT_RUN = 16  # a run of fewer files is written by one thread (write_run)
+MAX_SPLIT_FOLDERS = 8  # ...and so is a run spread over more folders than this
 MAX_NUMBERED = 1000
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _RENAME_NOREPLACE = 1
@@ -105,14 +106,13 @@ def _os_error(exc: OSError, what: str, dest: Path) -> TransferError:
 
 @dataclass(frozen=True, slots=True)
 class _FileJob:
-    """One whole small file of a run for `IncomingFiles._write_jobs`, its folder open."""
+    """One whole small file of a run, for `IncomingFiles._write_jobs`."""
     index: int          # its place in the run
     file: int
     entry: FileEntry
     data: memoryview
+    folder: tuple[str, ...]  # as offered (before the top folder's renaming)
     name: str
-    dir_fd: int
-    prefix: str         # its folder's path in dest, ending with "/" (or "")
     digest: bytes
 
 
@@ -293,12 +293,12 @@ class IncomingFiles:
         filesystem where many files were just deleted), done without the GIL, so two
         threads create files nearly twice as fast when a core is free. The folders are
         opened first, here: the second thread never touches the folder cache.
+        (Runs over many folders, where files are few per folder, stay on one thread.)
         """
         files = self.manifest.files
         results: list[tuple[bytes, str | None]] = [(b"", None)] * len(sizes)
         jobs: list[_FileJob] = []
-        # `_write_whole`'s work, with what files of one folder share looked up once.
-        folders: dict[tuple[str, ...], tuple[int, str]] = {}
+        folders: dict[tuple[str, ...], None] = {}  # the run's folders, in order
         at = 0
         for index, size in enumerate(sizes):
             file = first + index
@@ -310,39 +310,58 @@ class IncomingFiles:
                 results[index] = (digest, None)
                 continue
             parts = self._parts[file]
-            place = folders.get(parts[:-1])
-            if place is None:
-                mapped = self._mapped(parts[:-1])
-                place = folders[parts[:-1]] = (
-                    self._dir_fd(mapped), "".join(f"{name}/" for name in mapped))
-            jobs.append(_FileJob(index, file, entry, part, parts[-1], place[0], place[1],
-                                 digest))
-        # Opening more folders than the cache holds would close the first ones again.
-        half = len(jobs) // 2 if (len(jobs) >= MIN_SPLIT_RUN
-                                  and len(folders) <= MAX_OPEN_DIRS // 2) else 0
-        if not half:
-            self._write_jobs(jobs, results)
+            folders[parts[:-1]] = None
+            jobs.append(_FileJob(index, file, entry, part, parts[:-1], parts[-1], digest))
+        if len(jobs) < MIN_SPLIT_RUN or len(folders) > MAX_SPLIT_FOLDERS:
+            # One thread, each folder looked up when the files reach it (the cache may
+            # close a folder opened earlier: only the current one is in use).
+            self._write_jobs(jobs, results, self._folder_lookup())
             return results
-        if self._helper is None:
-            self._helper = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-receive-2")
-        other = self._helper.submit(self._write_jobs, jobs[half:], results)
+        # Two threads: each folder is opened once, by a descriptor of the run's own
+        # (the cache may close its own ones while the other thread writes).
+        opened: dict[tuple[str, ...], tuple[int, str]] = {}
         try:
-            self._write_jobs(jobs[:half], results)
+            for folder in folders:
+                mapped = self._mapped(folder)
+                opened[folder] = (os.dup(self._dir_fd(mapped)),
+                                  "".join(f"{name}/" for name in mapped))
+            if self._helper is None:
+                self._helper = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-receive-2")
+            half = len(jobs) // 2
+            other = self._helper.submit(self._write_jobs, jobs[half:], results,
+                                        opened.__getitem__)
+            try:
+                self._write_jobs(jobs[:half], results, opened.__getitem__)
+            finally:
+                wait([other])  # never close the folders while the other half writes
+            other.result()  # its error, if it had one
         finally:
-            # Never return (and let the folders be closed) while the other half writes.
-            wait([other])
-        other.result()  # its error, if it had one
+            for fd, _ in opened.values():
+                os.close(fd)
         return results
 
-    def _write_jobs(self, jobs: list[_FileJob], results: list[tuple[bytes, str | None]]
-                    ) -> None:
+    def _folder_lookup(self) -> Callable[[tuple[str, ...]], tuple[int, str]]:
+        """A folder's descriptor and path prefix through the cache, for one thread
+        going through files in order (a folder is looked up again when it changes)."""
+        last: list[tuple[tuple[str, ...], int, str]] = []
+
+        def lookup(folder: tuple[str, ...]) -> tuple[int, str]:
+            if not last or last[0][0] != folder:
+                mapped = self._mapped(folder)
+                last[:] = [(folder, self._dir_fd(mapped),
+                            "".join(f"{name}/" for name in mapped))]
+            return last[0][1], last[0][2]
+        return lookup
+
+    def _write_jobs(self, jobs: list[_FileJob], results: list[tuple[bytes, str | None]],
+                    folder_of: Callable[[tuple[str, ...]], tuple[int, str]]) -> None:
         for job in jobs:
-            final = (self._write_unnamed(job.dir_fd, job.entry, job.data, job.name)
+            dir_fd, prefix = folder_of(job.folder)
+            final = (self._write_unnamed(dir_fd, job.entry, job.data, job.name)
                      if self._unnamed else None)
             if final is None:
-                final = self._write_partial(job.dir_fd, job.file, job.entry, job.data,
-                                            job.name)
-            results[job.index] = (job.digest, job.prefix + final)
+                final = self._write_partial(dir_fd, job.file, job.entry, job.data, job.name)
+            results[job.index] = (job.digest, prefix + final)
 
     def _write_whole(self, file: int, pieces: list[memoryview], expected: bytes
                      ) -> tuple[bytes, str | None]:
