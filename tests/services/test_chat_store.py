@@ -64,7 +64,6 @@ def test_stored_order_matches_the_rule(messages: list[tuple[bytes, int, int, int
             db.close()
 
 
-
 @settings(max_examples=40, deadline=None)
 @given(arrivals(), st.lists(st.integers(1, 6), min_size=1, max_size=20))
 def test_batches_keep_the_rule_and_store_each_message_once(
@@ -110,6 +109,7 @@ def test_an_old_id_under_a_new_place_is_not_stored_again(tmp_path: Path) -> None
         assert [m.text for m in store.history(PEER)] == ["m1", "m2", "m4"]
     finally:
         db.close()
+
 
 def test_search_and_batches(tmp_path: Path) -> None:
     db = Database(tmp_path)
