@@ -81,6 +81,20 @@ _MSG_FROM = "chat_messages m LEFT JOIN contacts c ON c.identity = m.sender"
 _attachments = msgspec.msgpack.Decoder(tuple[bytes, ...])
 
 
+_INSERT_INCOMING = ("INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
+                    "received_at, order_at, text, reply_to, attachments, signature, mine, "
+                    "state)")
+_INCOMING_ROW = "(?,?,?,?,?,?,?,?,?,?,?,0,'unread')"
+
+
+def _incoming_row(msg: Message, conv: bytes, now: int, order_at: int) -> tuple[Any, ...]:
+    """The values of `_INCOMING_ROW` for a message from someone else."""
+    return (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at, msg.text,
+            msg.reply_to or None,
+            wire._encoder.encode(msg.attachments) if msg.attachments else None,
+            msg.signature or None)
+
+
 def _message(row: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(
         bytes(row[0]), bytes(row[1]), bytes(row[2]), row[3], row[4], row[5], row[6], row[7],
@@ -348,18 +362,12 @@ class ChatStore:
                             "WHERE conversation = ? AND sender = ? AND seq < ? "
                             "ORDER BY seq DESC LIMIT 1", (conv, msg.sender, msg.seq)).fetchone()
                         order_at = max(effective, row[0] if row else 0)
-                    attachments = (wire._encoder.encode(msg.attachments)
-                                   if msg.attachments else None)
                     # A duplicate id (seen before, or twice in this batch) inserts nothing:
                     # deduplication without a look-up first.
                     if not conn.execute(
-                            "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
-                            "received_at, order_at, text, reply_to, attachments, signature, "
-                            "mine, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, 'unread') "
+                            f"{_INSERT_INCOMING} VALUES {_INCOMING_ROW} "
                             "ON CONFLICT (id) DO NOTHING",
-                            (msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
-                             msg.text, msg.reply_to or None, attachments,
-                             msg.signature or None)).rowcount:
+                            _incoming_row(msg, conv, now, order_at)).rowcount:
                         continue
                     if late:
                         conn.execute(
@@ -423,16 +431,11 @@ class ChatStore:
                 return False  # late, or told twice
             order_at = max(wire.effective_time(msg.sent_at, now), tip[1])
             tips[key] = (msg.seq, order_at)
-            rows.append((msg.id, conv, msg.sender, msg.seq, msg.sent_at, now, order_at,
-                         msg.text, msg.reply_to or None,
-                         wire._encoder.encode(msg.attachments) if msg.attachments else None,
-                         msg.signature or None))
+            rows.append(_incoming_row(msg, conv, now, order_at))
             placed.append((msg, conv, order_at))
         conn.execute("SAVEPOINT in_order")
-        inserted = insert_rows(
-            conn, "INSERT INTO chat_messages (id, conversation, sender, seq, sent_at, "
-            "received_at, order_at, text, reply_to, attachments, signature, mine, state)",
-            "(?,?,?,?,?,?,?,?,?,?,?,0,'unread')", rows, "ON CONFLICT (id) DO NOTHING")
+        inserted = insert_rows(conn, _INSERT_INCOMING, _INCOMING_ROW, rows,
+                               "ON CONFLICT (id) DO NOTHING")
         if inserted != len(rows):
             # An id seen before under another place: the general path sorts it out.
             conn.execute("ROLLBACK TO in_order")

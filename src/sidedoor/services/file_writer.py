@@ -322,9 +322,8 @@ class IncomingFiles:
         opened: dict[tuple[str, ...], tuple[int, str]] = {}
         try:
             for folder in folders:
-                mapped = self._mapped(folder)
-                opened[folder] = (os.dup(self._dir_fd(mapped)),
-                                  "".join(f"{name}/" for name in mapped))
+                fd, prefix = self._folder(folder)
+                opened[folder] = (os.dup(fd), prefix)
             if self._helper is None:
                 self._helper = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-receive-2")
             half = len(jobs) // 2
@@ -343,24 +342,24 @@ class IncomingFiles:
     def _folder_lookup(self) -> Callable[[tuple[str, ...]], tuple[int, str]]:
         """A folder's descriptor and path prefix through the cache, for one thread
         going through files in order (a folder is looked up again when it changes)."""
-        last: list[tuple[tuple[str, ...], int, str]] = []
+        last: list[tuple[tuple[str, ...], tuple[int, str]]] = []
 
         def lookup(folder: tuple[str, ...]) -> tuple[int, str]:
             if not last or last[0][0] != folder:
-                mapped = self._mapped(folder)
-                last[:] = [(folder, self._dir_fd(mapped),
-                            "".join(f"{name}/" for name in mapped))]
-            return last[0][1], last[0][2]
+                last[:] = [(folder, self._folder(folder))]
+            return last[0][1]
         return lookup
+
+    def _folder(self, folder: tuple[str, ...]) -> tuple[int, str]:
+        """An offered folder's descriptor (from the cache) and its path in dest + "/"."""
+        mapped = self._mapped(folder)
+        return self._dir_fd(mapped), "".join(f"{name}/" for name in mapped)
 
     def _write_jobs(self, jobs: list[_FileJob], results: list[tuple[bytes, str | None]],
                     folder_of: Callable[[tuple[str, ...]], tuple[int, str]]) -> None:
         for job in jobs:
             dir_fd, prefix = folder_of(job.folder)
-            final = (self._write_unnamed(dir_fd, job.entry, job.data, job.name)
-                     if self._unnamed else None)
-            if final is None:
-                final = self._write_partial(dir_fd, job.file, job.entry, job.data, job.name)
+            final = self._place(dir_fd, job.file, job.entry, job.data, job.name)
             results[job.index] = (job.digest, prefix + final)
 
     def _write_whole(self, file: int, pieces: list[memoryview], expected: bytes
@@ -385,12 +384,17 @@ class IncomingFiles:
         parts = self._mapped(self._parts[file])
         dir_fd = self._dir_fd(parts[:-1])
         data = pieces[0] if len(pieces) == 1 else memoryview(b"".join(pieces))
-        final = None
-        if self._unnamed:
-            final = self._write_unnamed(dir_fd, entry, data, parts[-1])
-        if final is None:
-            final = self._write_partial(dir_fd, file, entry, data, parts[-1])
+        final = self._place(dir_fd, file, entry, data, parts[-1])
         return digest, "/".join((*parts[:-1], final))
+
+    def _place(self, dir_fd: int, file: int, entry: FileEntry, data: memoryview,
+               name: str) -> str:
+        """Write a whole file into the folder ``dir_fd`` under a free name like ``name``:
+        unnamed then linked where the filesystem can, else a partial file renamed."""
+        final = self._write_unnamed(dir_fd, entry, data, name) if self._unnamed else None
+        if final is None:
+            final = self._write_partial(dir_fd, file, entry, data, name)
+        return final
 
     def _creation_mode(self, entry: FileEntry) -> tuple[int, bool]:
         """The mode to create a file with, and whether it still needs a chmod."""
