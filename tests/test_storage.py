@@ -102,9 +102,10 @@ async def test_run_short_runs_on_the_calling_thread_when_idle(tmp_path: Path) ->
         name, pages = await db.run_short(probe)
         assert name == threading.current_thread().name  # no hop to the database thread
         assert pages == 0  # no checkpoint (and its fsync) on the event loop...
-        (after,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-        assert after == dbmod.WAL_AUTOCHECKPOINT  # ...and back to normal after
         await db.run_short(db.set_setting, "k", "v")
+        name, pages = await db.run(probe)
+        assert name.startswith("sidedoor-db")
+        assert pages == dbmod.WAL_AUTOCHECKPOINT  # ...but the thread checkpoints again
         assert await db.run(db.get_setting, "k") == "v"
     finally:
         db.close()
@@ -140,15 +141,38 @@ async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> Non
         db.close()
 
 
+async def test_a_long_run_of_short_calls_lets_the_thread_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(dbmod, "MAX_SHORT_RUN", 3)
+    db = Database(tmp_path)
+    try:
+        def probe() -> tuple[str, int]:
+            (pages,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+            return threading.current_thread().name, pages
+
+        seen = [await db.run_short(probe) for _ in range(7)]
+        here = threading.current_thread().name
+        assert [name == here for name, _ in seen] == [True, True, True, False,
+                                                      True, True, True]
+        # The fourth went to the thread, with automatic checkpoints on again.
+        assert seen[3][1] == dbmod.WAL_AUTOCHECKPOINT
+        assert {pages for name, pages in seen if name == here} == {0}
+    finally:
+        db.close()
+
+
 async def test_run_short_errors_are_storage_errors(tmp_path: Path) -> None:
     db = Database(tmp_path)
     try:
         with pytest.raises(StorageError, match="database error"):
             await db.run_short(lambda: db.conn.execute("SELEKT 1"))
+        # The lock was released: the thread can still use the database, and
+        # checkpoints again.
+        await db.run(db.set_setting, "k", "v")
         (after,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
         assert after == dbmod.WAL_AUTOCHECKPOINT
-        # The lock was released: the thread can still use the database.
-        await db.run(db.set_setting, "k", "v")
     finally:
         db.close()
 
