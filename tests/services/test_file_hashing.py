@@ -10,7 +10,7 @@ import pytest
 
 from sidedoor.errors import TransferError
 from sidedoor.proto import transfer as wire
-from sidedoor.services.file_hashing import build_manifest
+from sidedoor.services.file_hashing import build_manifest, hash_chunks
 from sidedoor.storage.db import Database
 
 MiB = 1 << 20
@@ -25,7 +25,8 @@ def db(tmp_path: Path) -> Database:
     database.close()
 
 
-@pytest.mark.parametrize("size", [0, 1, MiB, MiB + 1, 3 * MiB + 17])
+@pytest.mark.parametrize("size", [0, 1, 10_240, 256 << 10, (256 << 10) + 1, MiB, MiB + 1,
+                                  3 * MiB + 17])
 def test_chunk_hashes_match_blake3_of_each_chunk(tmp_path: Path, size: int) -> None:
     data = os.urandom(size)
     (tmp_path / "f").write_bytes(data)
@@ -33,6 +34,19 @@ def test_chunk_hashes_match_blake3_of_each_chunk(tmp_path: Path, size: int) -> N
     expected = b"".join(blake3.blake3(data[o:o + MiB]).digest() for o in range(0, size, MiB))
     assert entry.hashes == expected and entry.size == size
     assert wire.file_id(entry.hashes) == blake3.blake3(expected).digest()
+
+
+@pytest.mark.parametrize("size", [10_240, 3 * MiB])
+def test_a_file_shorter_than_its_size_is_an_error(tmp_path: Path, size: int) -> None:
+    # The file shrank between the look at its size and the read (both read paths).
+    path = tmp_path / "f"
+    path.write_bytes(os.urandom(size - 1))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(TransferError, match="got shorter"):
+            hash_chunks(fd, size)
+    finally:
+        os.close(fd)
 
 
 def test_hashes_are_cached_by_path_size_and_mtime(tmp_path: Path, db: Database) -> None:

@@ -32,6 +32,7 @@ from sidedoor.proto.transfer import (
 from sidedoor.storage.db import Database
 
 READ_SIZE = 1 << 20
+SMALL_READ = 256 << 10  # files up to this size (and one chunk) are read in one piece
 # Files at least this large are hashed with BLAKE3's own threads (both cores).
 THREADED_HASH_MIN = 8 << 20
 
@@ -48,6 +49,13 @@ class Offered:
 def hash_chunks(fd: int, size: int, buffer: bytearray | None = None) -> bytes:
     """The concatenated BLAKE3 hashes of the chunks of the open file ``fd`` (``size`` bytes)."""
     chunk = chunk_size_for(size)
+    if size <= min(chunk, SMALL_READ):
+        # One small chunk (most files of a folder): one read and one call to BLAKE3,
+        # a third less time a file than the loop below.
+        data = os.pread(fd, size, 0)
+        if len(data) < size:
+            raise TransferError("a file got shorter while it was being read")
+        return blake3.blake3(data).digest() if size else b""
     buf = buffer if buffer is not None and len(buffer) >= READ_SIZE else bytearray(READ_SIZE)
     view = memoryview(buf)
     threads = blake3.blake3.AUTO if size >= THREADED_HASH_MIN else 1
