@@ -10,6 +10,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from sidedoor.errors import TransferError
 from sidedoor.proto.transfer import FileEntry, Manifest, hash_files
 from sidedoor.services import file_writer
 from sidedoor.services.file_writer import IncomingFiles
@@ -184,6 +185,30 @@ def test_a_long_run_is_written_by_two_threads_in_order(tmp_path: Path, unnamed: 
     assert (tmp_path / "f5.txt").read_bytes() == b"mine"
     assert not (tmp_path / "f3.txt").exists() and not (tmp_path / "box/f36.txt").exists()
     assert len(list(tmp_path.rglob("*.txt"))) == 40  # 38 written, 2 of mine, no partials
+
+
+def test_an_error_in_a_long_run_stops_both_threads(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    datas = [f"file {i}".encode() for i in range(400)]
+    paths = [f"f{i}.txt" for i in range(400)]
+    manifest = Manifest([entry(p, d) for p, d in zip(paths, datas, strict=True)])
+    writer = IncomingFiles(tmp_path, TID, manifest, {})
+    writer.claim_roots()
+    place = writer._place
+
+    def failing_place(dir_fd: int, file: int, *args: object) -> str:
+        if file == 10:
+            raise TransferError("the disk is full")
+        return place(dir_fd, file, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(writer, "_place", failing_place)
+    data = memoryview(b"".join(datas))
+    sizes = [len(d) for d in datas]
+    with pytest.raises(TransferError, match="disk is full"):
+        writer.write_run(0, sizes, data, hash_files(data, sizes))
+    writer.close()
+    # The other thread stopped after the file it was writing, not at the run's end.
+    assert len(list(tmp_path.glob("*.txt"))) < 100
 
 
 def test_a_run_over_more_folders_than_stay_open_puts_each_file_in_its_own(

@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,7 +288,7 @@ class IncomingFiles:
         thread. Returns each file's digest and final path (None: the bytes were wrong and
         nothing was written).
 
-        A run of many files is written by two threads, half each: creating a file is
+        A run of many files is written by two threads, sharing it: creating a file is
         almost all kernel work (allocating the inode is most of it, and slow on a
         filesystem where many files were just deleted), done without the GIL, so two
         threads create files nearly twice as fast when a core is free. The folders are
@@ -326,13 +326,24 @@ class IncomingFiles:
                 opened[folder] = (os.dup(fd), prefix)
             if self._helper is None:
                 self._helper = ThreadPoolExecutor(1, thread_name_prefix="sidedoor-receive-2")
-            half = len(jobs) // 2
-            other = self._helper.submit(self._write_jobs, jobs[half:], results,
-                                        opened.__getitem__)
+            # Both threads take the next file from one iterator (next() on it is atomic
+            # under the GIL), so they finish within a file of each other; fixed halves
+            # left one thread idle for a fifth of the run, files take unequal time.
+            pending = iter(jobs)
+
+            def share() -> None:
+                try:
+                    self._write_jobs(pending, results, opened.__getitem__)
+                except BaseException:
+                    for _ in pending:  # the other thread stops after its current file
+                        pass
+                    raise
+
+            other = self._helper.submit(share)
             try:
-                self._write_jobs(jobs[:half], results, opened.__getitem__)
+                share()
             finally:
-                wait([other])  # never close the folders while the other half writes
+                wait([other])  # never close the folders while the other thread writes
             other.result()  # its error, if it had one
         finally:
             for fd, _ in opened.values():
@@ -355,7 +366,7 @@ class IncomingFiles:
         mapped = self._mapped(folder)
         return self._dir_fd(mapped), "".join(f"{name}/" for name in mapped)
 
-    def _write_jobs(self, jobs: list[_FileJob], results: list[tuple[bytes, str | None]],
+    def _write_jobs(self, jobs: Iterable[_FileJob], results: list[tuple[bytes, str | None]],
                     folder_of: Callable[[tuple[str, ...]], tuple[int, str]]) -> None:
         for job in jobs:
             dir_fd, prefix = folder_of(job.folder)
