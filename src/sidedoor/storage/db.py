@@ -24,9 +24,11 @@ from sidedoor.errors import StorageError
 T = TypeVar("T")
 DB_FILE = "sidedoor.db"
 WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default
-# Short calls in a row on the event loop before one goes to the thread (which lets the
-# WAL be checkpointed): at a few pages a call, the WAL stays near WAL_AUTOCHECKPOINT.
-MAX_SHORT_RUN = 256
+# Short calls in a row on the event loop before one goes to the thread (whose commit
+# checkpoints the WAL). A safety net: the chat's search indexing runs on the thread a
+# second after messages arrive and resets the count; forcing a checkpoint more often
+# put its fsync (tens of ms on this VM) in the way of a message every few hundred.
+MAX_SHORT_RUN = 2000
 MAX_ROWS_A_STATEMENT = 256  # insert_rows: rows of one INSERT (parameters stay far under 32766)
 _SCHEMA_NAME = re.compile(r"^(\d{3})-[a-z0-9-]+\.sql$")
 
