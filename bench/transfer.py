@@ -38,9 +38,11 @@ reads each candidate's inode to check, so file creation after mass deletion drop
 from some 15,000 to under 1,000 files a second, for whatever tool runs then. A
 desktop's ext4 has a journal and skips that check. ``--fs ext4`` runs everything on
 a fresh ext4 with a journal (``mkfs.ext4`` on a sparse image, loop-mounted; root
-only), where file creation stays near 11,000-15,000 files a second. Every copy is checked
-against the source's BLAKE3 hash (outside the timing). One untimed warm-up round
-runs first (sidedoor then also has its hash cache filled, as after any earlier send).
+only), where file creation stays at 9,000-16,000 files a second.
+
+Every copy is checked against the source's BLAKE3 hash (outside the timing). One
+untimed warm-up round runs first (sidedoor then also has its hash cache filled, as
+after any earlier send).
 """
 
 from __future__ import annotations
