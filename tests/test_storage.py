@@ -101,12 +101,62 @@ async def test_run_short_runs_on_the_calling_thread_when_idle(tmp_path: Path) ->
 
         name, pages = await db.run_short(probe)
         assert name == threading.current_thread().name  # no hop to the database thread
-        assert pages == 0  # no checkpoint (and its fsync) on the event loop...
+        assert pages == 0  # no checkpoint (and its fsync) inside a commit...
         await db.run_short(db.set_setting, "k", "v")
         name, pages = await db.run(probe)
         assert name.startswith("sidedoor-db")
-        assert pages == dbmod.WAL_AUTOCHECKPOINT  # ...but the thread checkpoints again
+        assert pages == 0  # ...on the database thread either
         assert await db.run(db.get_setting, "k") == "v"
+    finally:
+        db.close()
+
+
+async def test_checkpoints_run_on_their_own_thread_and_connection(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+
+    monkeypatch.setattr(dbmod, "CHECKPOINT_AFTER", 8)
+    db = Database(tmp_path)
+    ran_on: list[str] = []
+    checkpoint = db._checkpoint
+
+    def watched() -> None:
+        ran_on.append(threading.current_thread().name)
+        checkpoint()
+
+    monkeypatch.setattr(db, "_checkpoint", watched)
+    try:
+        for i in range(8):
+            await db.run_short(db.set_setting, f"k{i}", "v" * 1000)
+        for _ in range(100):  # it runs on its own: wait for it, boundedly
+            if db.last_checkpoint is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert ran_on and ran_on[0].startswith("sidedoor-checkpoint")
+        busy, pages, copied = db.last_checkpoint or (1, 0, 0)
+        assert busy == 0 and pages > 0 and copied == pages  # the whole WAL copied
+        assert await db.run(db.get_setting, "k7") == "v" * 1000
+    finally:
+        db.close()
+
+
+async def test_writes_go_on_while_a_checkpoint_is_slow(tmp_path: Path) -> None:
+    import threading
+
+    db = Database(tmp_path)
+    try:
+        await db.run_short(db.set_setting, "first", "1")
+        assert db._checkpointer is not None
+        release = threading.Event()
+        stuck = db._checkpointer.submit(release.wait, 5)  # the checkpoint thread is busy
+        try:
+            for i in range(3 * dbmod.CHECKPOINT_AFTER):
+                await db.run_short(db.set_setting, f"k{i}", "v")
+            assert await db.run(db.get_setting, "k0") == "v"
+        finally:
+            release.set()
+        assert stuck.result(5)
     finally:
         db.close()
 
@@ -141,38 +191,13 @@ async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> Non
         db.close()
 
 
-async def test_a_long_run_of_short_calls_lets_the_thread_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import threading
-
-    monkeypatch.setattr(dbmod, "MAX_SHORT_RUN", 3)
-    db = Database(tmp_path)
-    try:
-        def probe() -> tuple[str, int]:
-            (pages,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-            return threading.current_thread().name, pages
-
-        seen = [await db.run_short(probe) for _ in range(7)]
-        here = threading.current_thread().name
-        assert [name == here for name, _ in seen] == [True, True, True, False,
-                                                      True, True, True]
-        # The fourth went to the thread, with automatic checkpoints on again.
-        assert seen[3][1] == dbmod.WAL_AUTOCHECKPOINT
-        assert {pages for name, pages in seen if name == here} == {0}
-    finally:
-        db.close()
-
-
 async def test_run_short_errors_are_storage_errors(tmp_path: Path) -> None:
     db = Database(tmp_path)
     try:
         with pytest.raises(StorageError, match="database error"):
             await db.run_short(lambda: db.conn.execute("SELEKT 1"))
-        # The lock was released: the thread can still use the database, and
-        # checkpoints again.
+        # The lock was released: the thread can still use the database.
         await db.run(db.set_setting, "k", "v")
-        (after,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-        assert after == dbmod.WAL_AUTOCHECKPOINT
     finally:
         db.close()
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 import sqlite3
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,13 +23,12 @@ from typing import Any, TypeVar
 from sidedoor.errors import StorageError
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 DB_FILE = "sidedoor.db"
-WAL_AUTOCHECKPOINT = 1000  # pages: SQLite's default
-# Short calls in a row on the event loop before one goes to the thread (whose commit
-# checkpoints the WAL). A safety net: the chat's search indexing runs on the thread a
-# second after messages arrive and resets the count; forcing a checkpoint more often
-# put its fsync (tens of ms on this VM) in the way of a message every few hundred.
-MAX_SHORT_RUN = 2000
+# The event loop's calls leave checkpoints (copying the WAL into the database, then
+# fsync) to a thread and connection of their own, about as often as SQLite's own
+# automatic checkpoint would run (every 1000 pages; a one-message write is about 7).
+CHECKPOINT_AFTER = 128  # short calls count 1, calls on the database thread 16
 MAX_ROWS_A_STATEMENT = 256  # insert_rows: rows of one INSERT (parameters stay far under 32766)
 _SCHEMA_NAME = re.compile(r"^(\d{3})-[a-z0-9-]+\.sql$")
 
@@ -128,10 +128,14 @@ class Database:
         self._lock = threading.RLock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidedoor-db")
         self._queued = 0  # calls handed to the thread and not yet answered (see run_short)
-        # run_short turned automatic checkpoints off; the next call on the thread turns
-        # them back on. Short calls since the thread last ran:
-        self._checkpoints_off = False
-        self._short_run = 0
+        # Set up by the first call from the event loop (`_loop_started`): the node's
+        # checkpoints then run on their own thread and connection (see `_checkpoint`).
+        self._checkpointer: ThreadPoolExecutor | None = None
+        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._checkpointing: Future[None] | None = None
+        self._since_checkpoint = 0
+        # What the last of them found: (busy, pages in the WAL, pages copied).
+        self.last_checkpoint: tuple[int, int, int] | None = None
 
     def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:
@@ -143,23 +147,13 @@ class Database:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run one of the sync methods, ``fn(*args)``, on the database thread."""
         loop = asyncio.get_running_loop()
+        self._loop_started()
         self._queued += 1
         try:
-            return await loop.run_in_executor(self._executor,
-                                              functools.partial(self._on_thread, fn, *args))
+            return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
         finally:
             self._queued -= 1
-
-    def _on_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        with self._lock:
-            self._short_run = 0
-            if self._checkpoints_off:
-                try:
-                    self.conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
-                except sqlite3.Error as exc:
-                    raise StorageError(f"database error in {self.path}: {exc}") from exc
-                self._checkpoints_off = False
-            return fn(*args)
+            self._wrote(16)
 
     async def run_short(self, fn: Callable[..., T], *args: Any) -> T:
         """Like `run`, for a call known to be short (a few rows, no scan): when the
@@ -167,31 +161,62 @@ class Database:
 
         Why: handing a call to the thread and back costs two thread wake-ups and a
         tug of war over the GIL, which on a busy machine is milliseconds, far more
-        than a small WAL transaction (no fsync at commit: synchronous=NORMAL). The
-        call runs with automatic checkpoints off, so the one commit that would copy
-        the WAL into the database (and fsync) never lands on the event loop: the
-        next commit on the thread does it. They stay off until the thread next runs,
-        not just for this call: each switch is a PRAGMA, some 25 us, as much as the
-        rest of a one-row transaction's statements. After `MAX_SHORT_RUN` short calls
-        in a row, one goes to the thread, so the WAL cannot grow without bound.
-        Calls keep their order: when anything waits on the thread, this one queues
-        behind it.
+        than a small WAL transaction (no fsync at commit: synchronous=NORMAL). Calls
+        keep their order: when anything waits on the thread, this one queues behind
+        it. No commit here copies the WAL into the database (the step that waits for
+        the disk): that is `_checkpoint`'s, on a thread of its own.
         """
-        if (self._queued or self._short_run >= MAX_SHORT_RUN
-                or not self._lock.acquire(blocking=False)):
+        self._loop_started()
+        if self._queued or not self._lock.acquire(blocking=False):
             return await self.run(fn, *args)
         try:
-            if not self._checkpoints_off:
-                self.conn.execute("PRAGMA wal_autocheckpoint = 0")
-                self._checkpoints_off = True
-            self._short_run += 1
             return fn(*args)
         except sqlite3.Error as exc:
             raise StorageError(f"database error in {self.path}: {exc}") from exc
         finally:
             self._lock.release()
+            self._wrote(1)
+
+    def _loop_started(self) -> None:
+        """On the first call from the event loop: automatic checkpoints off for good.
+
+        Why: SQLite checkpoints inside the commit that crosses the threshold, holding
+        this connection (and so every call behind it, a chat message's included) while
+        it copies pages and waits for the disk: tens of milliseconds on a slow disk,
+        up to 150 ms measured here. `_checkpoint` does the same work from another
+        connection, which does not stop this one from writing.
+        """
+        if self._checkpointer is None:
+            self.call(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"))
+            self._checkpointer = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="sidedoor-checkpoint")
+
+    def _wrote(self, weight: int) -> None:
+        self._since_checkpoint += weight
+        if (self._since_checkpoint >= CHECKPOINT_AFTER and self._checkpointer is not None
+                and (self._checkpointing is None or self._checkpointing.done())):
+            self._since_checkpoint = 0
+            self._checkpointing = self._checkpointer.submit(self._checkpoint)
+
+    def _checkpoint(self) -> None:
+        """Copy what the WAL holds into the database, on the checkpoint thread. PASSIVE:
+        it never waits for a writer, and writers go on appending meanwhile."""
+        try:
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(
+                    self.path, isolation_level=None, check_same_thread=False)
+            busy, pages, copied = self._checkpoint_conn.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self.last_checkpoint = (int(busy), int(pages), int(copied))
+        except sqlite3.Error as exc:
+            # Not fatal: the WAL grows until the next one succeeds.
+            log.warning("checkpoint of %s failed: %s", self.path, exc)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.shutdown(wait=True)
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
         self._executor.shutdown(wait=True)
         with self._lock:
             self.conn.close()
