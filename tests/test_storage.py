@@ -161,6 +161,21 @@ async def test_writes_go_on_while_a_checkpoint_is_slow(tmp_path: Path) -> None:
         db.close()
 
 
+async def test_a_call_that_ends_after_close_starts_no_checkpoint(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+    import threading
+
+    monkeypatch.setattr(dbmod, "CHECKPOINT_AFTER", 1)
+    db = Database(tmp_path)
+    release = threading.Event()
+    call = asyncio.ensure_future(db.run(release.wait, 5))
+    await asyncio.sleep(0.05)  # on the thread now
+    threading.Timer(0.1, release.set).start()
+    db.close()  # waits for that call; its coroutine resumes only after
+    assert await call is True
+
+
 async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> None:
     import asyncio
     import threading

@@ -2,8 +2,9 @@
 
 Schema changes are numbered files in ``schema/`` (``001-initial.sql``, ...),
 applied in order inside a transaction; ``PRAGMA user_version`` records the last
-one applied. The event loop never runs SQL itself: `Database.run` hands a
-function to the database's own thread.
+one applied. The event loop hands work to the database's own thread
+(`Database.run`), except short writes when that thread is idle (`run_short`);
+the node's checkpoints run on a third thread (`Database._checkpoint`).
 """
 
 from __future__ import annotations
@@ -134,6 +135,7 @@ class Database:
         self._checkpoint_conn: sqlite3.Connection | None = None
         self._checkpointing: Future[None] | None = None
         self._since_checkpoint = 0
+        self._closed = False
         # What the last of them found: (busy, pages in the WAL, pages copied).
         self.last_checkpoint: tuple[int, int, int] | None = None
 
@@ -186,7 +188,7 @@ class Database:
         up to 150 ms measured here. `_checkpoint` does the same work from another
         connection, which does not stop this one from writing.
         """
-        if self._checkpointer is None:
+        if self._checkpointer is None and not self._closed:
             self.call(lambda c: c.execute("PRAGMA wal_autocheckpoint = 0"))
             self._checkpointer = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="sidedoor-checkpoint")
@@ -194,6 +196,7 @@ class Database:
     def _wrote(self, weight: int) -> None:
         self._since_checkpoint += weight
         if (self._since_checkpoint >= CHECKPOINT_AFTER and self._checkpointer is not None
+                and not self._closed
                 and (self._checkpointing is None or self._checkpointing.done())):
             self._since_checkpoint = 0
             self._checkpointing = self._checkpointer.submit(self._checkpoint)
@@ -213,6 +216,8 @@ class Database:
             log.warning("checkpoint of %s failed: %s", self.path, exc)
 
     def close(self) -> None:
+        # A call that ends after this (its await resumes later) starts no checkpoint.
+        self._closed = True
         if self._checkpointer is not None:
             self._checkpointer.shutdown(wait=True)
             if self._checkpoint_conn is not None:
