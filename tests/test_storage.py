@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -78,8 +80,6 @@ def test_settings_and_peers(tmp_path: Path) -> None:
 
 
 async def test_run_uses_the_database_thread(tmp_path: Path) -> None:
-    import threading
-
     db = Database(tmp_path)
     try:
         await db.run(db.set_setting, "k", "v")
@@ -91,8 +91,6 @@ async def test_run_uses_the_database_thread(tmp_path: Path) -> None:
 
 
 async def test_run_short_runs_on_the_calling_thread_when_idle(tmp_path: Path) -> None:
-    import threading
-
     db = Database(tmp_path)
     try:
         def probe() -> tuple[str, int]:
@@ -113,9 +111,6 @@ async def test_run_short_runs_on_the_calling_thread_when_idle(tmp_path: Path) ->
 
 async def test_checkpoints_run_on_their_own_thread_and_connection(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-    import threading
-
     monkeypatch.setattr(dbmod, "CHECKPOINT_AFTER", 8)
     db = Database(tmp_path)
     ran_on: list[str] = []
@@ -142,8 +137,6 @@ async def test_checkpoints_run_on_their_own_thread_and_connection(
 
 
 async def test_writes_go_on_while_a_checkpoint_is_slow(tmp_path: Path) -> None:
-    import threading
-
     db = Database(tmp_path)
     try:
         await db.run_short(db.set_setting, "first", "1")
@@ -163,9 +156,6 @@ async def test_writes_go_on_while_a_checkpoint_is_slow(tmp_path: Path) -> None:
 
 async def test_a_call_that_ends_after_close_starts_no_checkpoint(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import asyncio
-    import threading
-
     monkeypatch.setattr(dbmod, "CHECKPOINT_AFTER", 1)
     db = Database(tmp_path)
     release = threading.Event()
@@ -177,9 +167,6 @@ async def test_a_call_that_ends_after_close_starts_no_checkpoint(
 
 
 async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> None:
-    import asyncio
-    import threading
-
     db = Database(tmp_path)
     order: list[tuple[str, str]] = []
     release = threading.Event()
