@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,61 +59,55 @@ def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
         connect(tmp_path / "x.db")
 
 
-def test_settings_and_peers(tmp_path: Path) -> None:
-    db = Database(tmp_path)
-    try:
-        assert db.get_setting("name") is None
-        assert db.get_setting("name", "x") == "x"
-        db.set_setting("name", "Alice")
-        db.set_setting("name", "Alice B")
-        assert db.get_setting("name") == "Alice B"
-        key, static = bytes(32), bytes([1]) * 32
-        assert db.peer_static(key) is None
-        db.remember_peer(key, static, "127.0.0.1:1", 1.0)
-        db.remember_peer(key, static, None, 2.0)  # keeps the last known address
-        assert db.peer_static(key) == static
-        row = db.conn.execute("SELECT last_addr, last_seen FROM peers").fetchone()
-        assert row == ("127.0.0.1:1", 2.0)
-        with pytest.raises(StorageError):
-            db.remember_peer(b"short", static, None, 3.0)
-    finally:
-        db.close()
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Database]:
+    database = Database(tmp_path)
+    yield database
+    database.close()
 
 
-async def test_run_uses_the_database_thread(tmp_path: Path) -> None:
-    db = Database(tmp_path)
-    try:
-        await db.run(db.set_setting, "k", "v")
-        assert await db.run(db.get_setting, "k") == "v"
-        name = await db.run(lambda: threading.current_thread().name)
-        assert name.startswith("sidedoor-db")
-    finally:
-        db.close()
+def test_settings_and_peers(db: Database) -> None:
+    assert db.get_setting("name") is None
+    assert db.get_setting("name", "x") == "x"
+    db.set_setting("name", "Alice")
+    db.set_setting("name", "Alice B")
+    assert db.get_setting("name") == "Alice B"
+    key, static = bytes(32), bytes([1]) * 32
+    assert db.peer_static(key) is None
+    db.remember_peer(key, static, "127.0.0.1:1", 1.0)
+    db.remember_peer(key, static, None, 2.0)  # keeps the last known address
+    assert db.peer_static(key) == static
+    row = db.conn.execute("SELECT last_addr, last_seen FROM peers").fetchone()
+    assert row == ("127.0.0.1:1", 2.0)
+    with pytest.raises(StorageError):
+        db.remember_peer(b"short", static, None, 3.0)
 
 
-async def test_run_short_runs_on_the_calling_thread_when_idle(tmp_path: Path) -> None:
-    db = Database(tmp_path)
-    try:
-        def probe() -> tuple[str, int]:
-            (pages,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
-            return threading.current_thread().name, pages
+async def test_run_uses_the_database_thread(db: Database) -> None:
+    await db.run(db.set_setting, "k", "v")
+    assert await db.run(db.get_setting, "k") == "v"
+    name = await db.run(lambda: threading.current_thread().name)
+    assert name.startswith("sidedoor-db")
 
-        name, pages = await db.run_short(probe)
-        assert name == threading.current_thread().name  # no hop to the database thread
-        assert pages == 0  # no checkpoint (and its fsync) inside a commit...
-        await db.run_short(db.set_setting, "k", "v")
-        name, pages = await db.run(probe)
-        assert name.startswith("sidedoor-db")
-        assert pages == 0  # ...on the database thread either
-        assert await db.run(db.get_setting, "k") == "v"
-    finally:
-        db.close()
+
+async def test_run_short_runs_on_the_calling_thread_when_idle(db: Database) -> None:
+    def probe() -> tuple[str, int]:
+        (pages,) = db.conn.execute("PRAGMA wal_autocheckpoint").fetchone()
+        return threading.current_thread().name, pages
+
+    name, pages = await db.run_short(probe)
+    assert name == threading.current_thread().name  # no hop to the database thread
+    assert pages == 0  # no checkpoint (and its fsync) inside a commit...
+    await db.run_short(db.set_setting, "k", "v")
+    name, pages = await db.run(probe)
+    assert name.startswith("sidedoor-db")
+    assert pages == 0  # ...on the database thread either
+    assert await db.run(db.get_setting, "k") == "v"
 
 
 async def test_checkpoints_run_on_their_own_thread_and_connection(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dbmod, "CHECKPOINT_AFTER", 8)
-    db = Database(tmp_path)
     ran_on: list[str] = []
     checkpoint = db._checkpoint
 
@@ -121,43 +116,35 @@ async def test_checkpoints_run_on_their_own_thread_and_connection(
         checkpoint()
 
     monkeypatch.setattr(db, "_checkpoint", watched)
-    try:
-        for i in range(8):
-            await db.run_short(db.set_setting, f"k{i}", "v" * 1000)
-        for _ in range(100):  # it runs on its own: wait for it, boundedly
-            if db.last_checkpoint is not None:
-                break
-            await asyncio.sleep(0.05)
-        assert ran_on and ran_on[0].startswith("sidedoor-checkpoint")
-        busy, pages, copied = db.last_checkpoint or (1, 0, 0)
-        assert busy == 0 and pages > 0 and copied == pages  # the whole WAL copied
-        assert await db.run(db.get_setting, "k7") == "v" * 1000
-    finally:
-        db.close()
+    for i in range(8):
+        await db.run_short(db.set_setting, f"k{i}", "v" * 1000)
+    for _ in range(100):  # it runs on its own: wait for it, boundedly
+        if db.last_checkpoint is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert ran_on and ran_on[0].startswith("sidedoor-checkpoint")
+    busy, pages, copied = db.last_checkpoint or (1, 0, 0)
+    assert busy == 0 and pages > 0 and copied == pages  # the whole WAL copied
+    assert await db.run(db.get_setting, "k7") == "v" * 1000
 
 
-async def test_writes_go_on_while_a_checkpoint_is_slow(tmp_path: Path) -> None:
-    db = Database(tmp_path)
+async def test_writes_go_on_while_a_checkpoint_is_slow(db: Database) -> None:
+    await db.run_short(db.set_setting, "first", "1")
+    assert db._checkpointer is not None
+    release = threading.Event()
+    stuck = db._checkpointer.submit(release.wait, 5)  # the checkpoint thread is busy
     try:
-        await db.run_short(db.set_setting, "first", "1")
-        assert db._checkpointer is not None
-        release = threading.Event()
-        stuck = db._checkpointer.submit(release.wait, 5)  # the checkpoint thread is busy
-        try:
-            for i in range(3 * dbmod.CHECKPOINT_AFTER):
-                await db.run_short(db.set_setting, f"k{i}", "v")
-            assert await db.run(db.get_setting, "k0") == "v"
-        finally:
-            release.set()
-        assert stuck.result(5)
+        for i in range(3 * dbmod.CHECKPOINT_AFTER):
+            await db.run_short(db.set_setting, f"k{i}", "v")
+        assert await db.run(db.get_setting, "k0") == "v"
     finally:
-        db.close()
+        release.set()
+    assert stuck.result(5)
 
 
 async def test_a_call_that_ends_after_close_starts_no_checkpoint(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dbmod, "CHECKPOINT_AFTER", 1)
-    db = Database(tmp_path)
     release = threading.Event()
     call = asyncio.ensure_future(db.run(release.wait, 5))
     await asyncio.sleep(0.05)  # on the thread now
@@ -166,8 +153,7 @@ async def test_a_call_that_ends_after_close_starts_no_checkpoint(
     assert await call is True
 
 
-async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> None:
-    db = Database(tmp_path)
+async def test_run_short_waits_its_turn_behind_the_thread(db: Database) -> None:
     order: list[tuple[str, str]] = []
     release = threading.Event()
 
@@ -190,18 +176,13 @@ async def test_run_short_waits_its_turn_behind_the_thread(tmp_path: Path) -> Non
         assert order[1][1].startswith("sidedoor-db")  # it went the long way
     finally:
         release.set()
-        db.close()
 
 
-async def test_run_short_errors_are_storage_errors(tmp_path: Path) -> None:
-    db = Database(tmp_path)
-    try:
-        with pytest.raises(StorageError, match="database error"):
-            await db.run_short(lambda: db.conn.execute("SELEKT 1"))
-        # The lock was released: the thread can still use the database.
-        await db.run(db.set_setting, "k", "v")
-    finally:
-        db.close()
+async def test_run_short_errors_are_storage_errors(db: Database) -> None:
+    with pytest.raises(StorageError, match="database error"):
+        await db.run_short(lambda: db.conn.execute("SELEKT 1"))
+    # The lock was released: the thread can still use the database.
+    await db.run(db.set_setting, "k", "v")
 
 
 def test_insert_rows_writes_every_row_in_order_whatever_the_count() -> None:
