@@ -94,6 +94,46 @@ class Tool:
 
 # ---------------------------------------------------------------- helpers
 
+# What each outside tool comes in (Debian packages), found by the command it needs.
+SYSTEM_TOOLS = {"socat": "socat", "sshd": "openssh-server", "scp": "openssh-client",
+                "rsync": "rsync", "time": "time"}
+
+
+def install_system_tools(only: set[str]) -> None:
+    """Install the packages of the tools about to run that are missing, when we are root
+    on a system with apt-get; otherwise say what is missing (those tools are skipped)."""
+    ssh = bool(only & {"scp", "rsync"})  # sshd behind a socat listener, and ssh
+    wanted = {cmd: pkg for cmd, pkg in SYSTEM_TOOLS.items()
+              if not only or cmd == "time" or cmd in only
+              or (ssh and cmd in ("sshd", "scp", "socat"))}
+    missing = sorted({pkg for cmd, pkg in wanted.items()
+                      if not (shutil.which(cmd) or Path("/usr/sbin", cmd).exists())})
+    if not missing:
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        print(f"missing {', '.join(missing)}: the tools that need them are skipped "
+              "(install them, or run as root to have them installed)", file=sys.stderr)
+        return
+    print(f"installing {', '.join(missing)} ...", file=sys.stderr)
+    # policy-rc.d answering 101 keeps apt from starting sshd as a service on this
+    # machine's own network: the benchmark runs its own sshd, on loopback only.
+    policy = Path("/usr/sbin/policy-rc.d")
+    made_policy = not policy.exists()
+    if made_policy:
+        policy.write_text("#!/bin/sh\nexit 101\n")
+        policy.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for argv in (["apt-get", "update", "-qq"],
+                     ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing]):
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"{' '.join(argv)} failed:\n{done.stderr[-2000:]}")
+    finally:
+        if made_policy:
+            policy.unlink()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
@@ -390,12 +430,19 @@ class Wormhole:
 
     def __init__(self, base: Path) -> None:
         self.bin = WORMHOLE_VENV / "bin"
-        if not (self.bin / "wormhole").exists():
+        # Written last: a set-up that was interrupted is done again, not half used.
+        done = WORMHOLE_VENV / "sidedoor-bench-complete"
+        if not done.exists():
+            if WORMHOLE_VENV.exists() and not (WORMHOLE_VENV / "pyvenv.cfg").exists():
+                raise RuntimeError(f"{WORMHOLE_VENV} is not a virtualenv; set "
+                                   "SIDEDOOR_BENCH_VENV to another folder")
             print(f"setting up magic-wormhole in {WORMHOLE_VENV} ...", file=sys.stderr)
-            subprocess.run([sys.executable, "-m", "venv", str(WORMHOLE_VENV)], check=True)
+            subprocess.run([sys.executable, "-m", "venv", "--clear", str(WORMHOLE_VENV)],
+                           check=True)
             subprocess.run([str(self.bin / "pip"), "install", "-q", "magic-wormhole",
                             "magic-wormhole-mailbox-server", "magic-wormhole-transit-relay"],
                            check=True)
+            done.touch()
         self.mailbox_port, self.relay_port = free_port(), free_port()
         self.dir = base / "wormhole"
         self.dir.mkdir()
@@ -505,6 +552,10 @@ def main() -> None:
                              "writes into memory in the same state (see above)")
     args = parser.parse_args()
 
+    install_system_tools({t for t in args.only.split(",") if t})
+    # A plain kill (SIGTERM) also unwinds through the cleanups below: nodes stopped,
+    # ext4 image unmounted, data removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     base = Path(tempfile.mkdtemp(prefix="sidedoor-bench-", dir=args.dir))
     cleanups: list[Callable[[], None]] = []
     try:

@@ -33,6 +33,7 @@ from test_cli import (
 
 from sidedoor.proto.transfer_receiver import WINDOW_BYTES
 from sidedoor.services.transfers import PIECE, human_bytes
+from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
 
 MiB = 1 << 20
 UP = UP_LOOPBACK
@@ -131,6 +132,8 @@ def test_a_200_mib_file_arrives_byte_identical(pair: dict[str, Detached],
     assert got.stat().st_size == 200 * MiB
     assert (got.stat().st_mode & 0o777, got.stat().st_mtime_ns) == \
         (0o640, 1_700_000_000_123_456_789)
+    if not fincore_missing() and not on_tmpfs(dest):
+        assert cached_bytes(got) <= 4096  # written around the page cache (direct-writes)
     with src.open("rb") as a, got.open("rb") as b:
         while chunk := a.read(8 * MiB):
             assert chunk == b.read(8 * MiB)

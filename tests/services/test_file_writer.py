@@ -11,9 +11,10 @@ import blake3
 import pytest
 
 from sidedoor.errors import TransferError
-from sidedoor.proto.transfer import FileEntry, Manifest, hash_files
+from sidedoor.proto.transfer import FileEntry, Manifest, chunk_count, chunk_span, hash_files
 from sidedoor.services import file_writer
 from sidedoor.services.file_writer import IncomingFiles
+from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
 
 TID = bytes(range(16))
 MTIME = 1_600_000_000 * 10**9 + 7
@@ -232,3 +233,69 @@ def test_a_run_over_more_folders_than_stay_open_puts_each_file_in_its_own(
     for path, content in zip(paths, datas, strict=True):
         assert (tmp_path / path).read_bytes() == content
     assert len(list(tmp_path.rglob("*.txt"))) == 140
+
+
+# ------------------------------------------------------------ large files
+
+def chunked_entry(path: str, data: bytes) -> FileEntry:
+    spans = [chunk_span(len(data), i) for i in range(chunk_count(len(data)))]
+    return FileEntry(path, len(data), 0o640, MTIME, b"".join(
+        blake3.blake3(data[start:start + size]).digest() for start, size in spans))
+
+
+def write_chunks(writer: IncomingFiles, data: bytes, order: list[int]) -> None:
+    """Each chunk of file 0 in ``order``, in two uneven pieces (the second one ends it)."""
+    view = memoryview(data)
+    entry = writer.manifest.files[0]
+    for chunk in order:
+        start, size = chunk_span(len(data), chunk)
+        cut = min(300_001, size)
+        writer.write(0, chunk, 0, [view[start:start + cut]], cut == size)
+        if cut < size:
+            digest = writer.write(0, chunk, cut, [view[start + cut:start + size]], True)
+            assert digest == entry.hash_of(chunk)
+
+
+def cached(path: Path) -> int:
+    if fincore_missing() or on_tmpfs(path):
+        pytest.skip("needs fincore, and a disk that is not a tmpfs")
+    return cached_bytes(path)
+
+
+def test_a_large_file_goes_around_the_page_cache_and_is_cut_to_its_size(
+        tmp_path: Path) -> None:
+    size = file_writer.DIRECT_MIN + 5  # the last chunk: 5 bytes, padded on disk
+    data = os.urandom(size)
+    writer = IncomingFiles(tmp_path, TID, Manifest([chunked_entry("big.bin", data)]), {})
+    writer.claim_roots()
+    count = chunk_count(size)
+    # Out of order, and one chunk begun, abandoned (the sender went away) and sent again.
+    writer.write(0, 3, 0, [memoryview(data)[3 << 20:][:1000]], False)
+    writer.abort_chunks()
+    write_chunks(writer, data, [3, count - 1, *range(3), *range(4, count - 1)])
+    partial = tmp_path / file_writer.partial_name(TID, 0)
+    assert partial.stat().st_size == size - 5 + 4096
+    assert writer.finish(0) == "big.bin"
+    writer.close()
+    got = tmp_path / "big.bin"
+    assert (got.stat().st_size, got.stat().st_mode & 0o777, got.stat().st_mtime_ns) == \
+        (size, 0o640, MTIME)
+    assert cached(got) <= 4096  # at most the block the cut went through
+    assert got.read_bytes() == data
+    assert not partial.exists()
+
+
+@pytest.mark.parametrize(("size", "direct"), [(file_writer.DIRECT_MIN - 1, True),
+                                              (file_writer.DIRECT_MIN, False)],
+                         ids=["smaller-than-the-threshold", "direct-writes-off"])
+def test_other_files_go_through_the_page_cache(tmp_path: Path, size: int,
+                                               direct: bool) -> None:
+    data = os.urandom(size)
+    writer = IncomingFiles(tmp_path, TID, Manifest([chunked_entry("f.bin", data)]), {},
+                           direct=direct)
+    writer.claim_roots()
+    write_chunks(writer, data, list(range(chunk_count(size))))
+    writer.finish(0)
+    writer.close()
+    assert cached(tmp_path / "f.bin") == -(-size // 4096) * 4096
+    assert (tmp_path / "f.bin").read_bytes() == data

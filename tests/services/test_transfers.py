@@ -25,9 +25,11 @@ from sidedoor.net.connection import ChannelClosedError, ChannelStream
 from sidedoor.node import Node
 from sidedoor.proto import transfer as wire
 from sidedoor.proto.framing import encode_message
+from sidedoor.services import file_writer
 from sidedoor.services import transfers as transfers_module
 from sidedoor.services.transfers import SETTING_AUTO_ACCEPT
 from sidedoor.testing.nodes import befriend
+from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
 
 NodeFactory = Callable[..., Any]
 
@@ -138,6 +140,31 @@ async def test_with_fsync_on_each_file_reaches_the_disk_before_its_name(
     files = [Path(p) for p in synced if ".part" in p or p.endswith(" (deleted)")]
     assert len(files) == 4 and all(p.parent == box for p in files)
     assert str(box) in synced and str(tmp_path / "durable") in synced
+
+
+async def test_a_large_file_is_written_around_the_page_cache_unless_switched_off(
+        pair: tuple[Node, Node], tmp_path: Path) -> None:
+    alice, bob = pair
+    assert bob.db is not None
+    if fincore_missing() or on_tmpfs(tmp_path):
+        pytest.skip("needs fincore, and a disk that is not a tmpfs")
+    make_file(tmp_path / "src" / "big.bin", file_writer.DIRECT_MIN + 100)
+    await bob.db.run(bob.db.set_setting, SETTING_AUTO_ACCEPT, alice.public.address)
+
+    async def send_to(dest: Path) -> Path:
+        await bob.db.run(bob.db.set_setting, "downloads", str(dest))
+        sent = await alice.transfers.send([str(tmp_path / "src" / "big.bin")],
+                                          bob.public.address)
+        await until_status(bob, sent["id"], "done", timeout=30)
+        return dest / "big.bin"
+
+    direct = await send_to(tmp_path / "direct")  # the default: on
+    assert cached_bytes(direct) <= 4096
+    await bob.db.run(bob.db.set_setting, "direct-writes", "off")
+    cached = await send_to(tmp_path / "cached")
+    assert cached_bytes(cached) == -(-(file_writer.DIRECT_MIN + 100) // 4096) * 4096
+    source = (tmp_path / "src" / "big.bin").read_bytes()
+    assert direct.read_bytes() == source and cached.read_bytes() == source
 
 
 async def test_auto_accept_collisions_and_links_in_the_destination(

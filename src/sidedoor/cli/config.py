@@ -2,7 +2,8 @@
 
 Settings live in the node's database, so they can be changed whether the node runs
 or not. ``discovery`` applies when the node next starts; ``downloads`` and
-``auto-accept`` apply to the next offer, ``fsync`` to the next transfer that starts.
+``auto-accept`` apply to the next offer, ``fsync`` and ``direct-writes`` to the next
+transfer that starts.
 """
 
 from __future__ import annotations
@@ -19,13 +20,21 @@ from sidedoor.identity import PublicIdentity
 from sidedoor.services.contacts import ContactBook
 from sidedoor.services.transfers import (
     SETTING_AUTO_ACCEPT,
+    SETTING_DIRECT_WRITES,
     SETTING_DOWNLOADS,
     SETTING_FSYNC,
     default_downloads,
 )
 from sidedoor.storage.db import Database
 
-KEYS = ("auto-accept", "discovery", "downloads", "fsync")
+KEYS = ("auto-accept", "direct-writes", "discovery", "downloads", "fsync")
+# The on/off settings: their key in the database, default, and when a change applies.
+SWITCHES = {
+    "discovery": ("discovery", "on", "restart the node for it to apply: sidedoor down; "
+                                     "sidedoor up"),
+    "fsync": (SETTING_FSYNC, "off", "for transfers that start from now on"),
+    "direct-writes": (SETTING_DIRECT_WRITES, "on", "for transfers that start from now on"),
+}
 
 
 def _with_db(ctx: Context, fn: Callable[[Database], str]) -> str:
@@ -55,15 +64,21 @@ def config_group() -> None:
 
     \b
     Settings:
-      discovery    on | off   announce this node on the LAN and see colleagues there
-      downloads    FOLDER     where accepted files go
-                              (default: your downloads folder, in a sidedoor subfolder)
-      auto-accept  CONTACT    files from this contact are accepted without asking
-                              (set adds one contact; unset removes it, or everyone)
-      fsync        on | off   on: each received file is written through to the disk
-                              before it gets its name (safe from a power cut; slower:
-                              about 2 s more per GiB, 1 ms more per file). Default off,
-                              like cp, scp and rsync
+      discovery      on | off  announce this node on the LAN and see colleagues there
+      downloads      FOLDER    where accepted files go
+                               (default: your downloads folder, in a sidedoor subfolder)
+      auto-accept    CONTACT   files from this contact are accepted without asking
+                               (set adds one contact; unset removes it, or everyone)
+      fsync          on | off  on: each received file is written through to the disk
+                               before it gets its name (safe from a power cut; slower,
+                               about 1 ms more per file). Default off, like cp, scp
+                               and rsync
+      direct-writes  on | off  on: files of 64 MiB and more go straight to the disk,
+                               around the system's file cache: less CPU, and the
+                               cache keeps what your programs use. off: through the
+                               cache, like cp, scp and rsync, which can be faster
+                               onto a disk slower than the network (a USB stick).
+                               Default on
 
     \b
     Example:
@@ -88,27 +103,17 @@ def config_set(ctx: Context, key: str, value: str) -> None:
       sidedoor config set downloads /srv/incoming
       sidedoor config set auto-accept bob
     """
-    if key == "discovery":
+    if key in SWITCHES:
+        setting, _, applies = SWITCHES[key]
         if value not in ("on", "off"):
-            raise click.BadParameter("discovery is one of: on, off", param_hint="VALUE")
+            raise click.BadParameter(f"{key} is one of: on, off", param_hint="VALUE")
 
-        def set_discovery(db: Database) -> str:
-            db.set_setting("discovery", value)
+        def set_switch(db: Database) -> str:
+            db.set_setting(setting, value)
             return value
 
-        _with_db(ctx, set_discovery)
-        out.print(f"discovery = {value} (restart the node for it to apply: "
-                  "sidedoor down; sidedoor up)")
-    elif key == "fsync":
-        if value not in ("on", "off"):
-            raise click.BadParameter("fsync is one of: on, off", param_hint="VALUE")
-
-        def set_fsync(db: Database) -> str:
-            db.set_setting(SETTING_FSYNC, value)
-            return value
-
-        _with_db(ctx, set_fsync)
-        out.print(f"fsync = {value} (for transfers that start from now on)")
+        _with_db(ctx, set_switch)
+        out.print(f"{key} = {value} ({applies})")
     elif key == "downloads":
         folder = Path(value).expanduser().absolute()
         if folder.exists() and not folder.is_dir():
@@ -184,12 +189,11 @@ def config_get(ctx: Context, key: str) -> None:
       sidedoor config get downloads
     """
     def get(db: Database) -> str:
-        if key == "discovery":
-            return db.get_setting("discovery", "on") or "on"
+        if key in SWITCHES:
+            setting, default, _ = SWITCHES[key]
+            return db.get_setting(setting, default) or default
         if key == "downloads":
             return db.get_setting(SETTING_DOWNLOADS) or str(default_downloads())
-        if key == "fsync":
-            return db.get_setting(SETTING_FSYNC, "off") or "off"
         return _names(db, _trusted(db))
 
     click.echo(_with_db(ctx, get))

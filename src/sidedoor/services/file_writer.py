@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 import stat
 from collections import OrderedDict
@@ -28,6 +29,7 @@ import blake3
 from sidedoor.errors import DiskFull, TransferError
 from sidedoor.proto.file_names import PathChecker, check_path, numbered
 from sidedoor.proto.transfer import FileEntry, Manifest, chunk_span
+from sidedoor.services.direct_writes import ALIGN, DIRECT_FLAG, STAGE_SIZE, DirectChunk
 from sidedoor.services.file_hashing import READ_SIZE, hash_chunks
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -38,6 +40,7 @@ MAX_OPEN_DIRS = 64
 MIN_SPLIT_RUN = 16  # a run of fewer files is written by one thread (write_run)
 MAX_SPLIT_FOLDERS = 8  # ...and so is a run spread over more folders than this
 MAX_NUMBERED = 1000
+DIRECT_MIN = 64 << 20  # files this big are written around the page cache (direct_writes)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _RENAME_NOREPLACE = 1
 
@@ -120,7 +123,7 @@ class IncomingFiles:
     """The files of one incoming transfer, under ``dest``."""
 
     def __init__(self, dest: Path, transfer: bytes, manifest: Manifest,
-                 roots: dict[str, str], durable: bool = False) -> None:
+                 roots: dict[str, str], durable: bool = False, direct: bool = True) -> None:
         self.dest = dest
         # Each file reaches the disk (fsync) before it gets its name, and every folder
         # when the transfer ends; otherwise a power cut soon after can leave a file
@@ -148,6 +151,12 @@ class IncomingFiles:
         # mode through (typically 0o644 under 022): one system call less per small file.
         self._umask = _read_umask()
         self._helper: ThreadPoolExecutor | None = None  # write_run's second thread
+        # Large files: chunks staged and written with O_DIRECT (`direct_writes`), on a
+        # descriptor of their own per file; False once this filesystem refuses.
+        self._direct = direct and DIRECT_FLAG != 0
+        self._direct_fds: dict[int, int] = {}
+        self._staged: dict[tuple[int, int], DirectChunk] = {}
+        self._stages: list[mmap.mmap] = []  # spare ones
 
     # -------------------------------------------------------------- folders
     def claim_roots(self) -> dict[str, str]:
@@ -241,7 +250,8 @@ class IncomingFiles:
         for piece in pieces:
             hasher.update(piece)
         try:
-            _pwrite_all(fd, pieces, start + offset)
+            if not self._write_direct(file, chunk, start + offset, pieces, last):
+                _pwrite_all(fd, pieces, start + offset)
         except OSError as exc:
             raise _os_error(exc, f"cannot write {self.manifest.files[file].path!r}",
                             self.dest) from exc
@@ -249,6 +259,68 @@ class IncomingFiles:
             return None
         self._hashed.setdefault(file, set()).add(chunk)
         return self._hashers.pop((file, chunk)).digest()
+
+    def _write_direct(self, file: int, chunk: int, position: int, pieces: list[memoryview],
+                      last: bool) -> bool:
+        """Stage and write the pieces of a large file's chunk around the page cache;
+        False (nothing done) when they go the ordinary way."""
+        key = (file, chunk)
+        staged = self._staged.get(key)
+        if staged is None:
+            if (not self._direct or position % ALIGN
+                    or self.manifest.files[file].size < DIRECT_MIN):
+                return False
+            fd = self._direct_fd(file)
+            if fd is None:
+                return False
+            staged = self._staged[key] = DirectChunk(
+                self._stages.pop() if self._stages else mmap.mmap(-1, STAGE_SIZE),
+                position, fd)
+        elif staged.at != position:
+            raise TransferError("a chunk's pieces came out of order")  # a bug, not the peer
+        staged.add(pieces)
+        if last:
+            staged.end()
+            self._unstage(key)
+        if staged.refused:
+            self._direct = False
+        return True
+
+    def _direct_fd(self, file: int) -> int | None:
+        """A second descriptor on the file's partial file, for direct writes; None when
+        this filesystem cannot (all writes then go through the page cache)."""
+        fd = self._direct_fds.get(file)
+        if fd is not None:
+            return fd
+        dir_fd, _ = self._location(file)
+        buffered = self._file_fd(file)
+        try:
+            fd = os.open(partial_name(self.transfer, file),
+                         os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | DIRECT_FLAG, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.EINVAL:
+                self._direct = False
+                return None
+            raise
+        mine, theirs = os.fstat(buffered), os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+            os.close(fd)
+            raise TransferError(f"the partial file of {self.manifest.files[file].path!r} "
+                                "was replaced while being written")
+        self._direct_fds[file] = fd
+        return fd
+
+    def _unstage(self, key: tuple[int, int]) -> None:
+        staged = self._staged.pop(key, None)
+        if staged is not None:
+            self._stages.append(staged.release())
+
+    def _close_direct(self, file: int) -> None:
+        for key in [k for k in self._staged if k[0] == file]:
+            self._unstage(key)
+        fd = self._direct_fds.pop(file, None)
+        if fd is not None:
+            os.close(fd)
 
     def write_last(self, file: int, chunk: int, offset: int, pieces: list[memoryview],
                    expected: bytes) -> tuple[bytes, str | None]:
@@ -486,6 +558,8 @@ class IncomingFiles:
     def abort_chunks(self) -> None:
         """The sender went away mid-chunk: what arrived of unfinished chunks is discarded."""
         self._hashers.clear()
+        for key in list(self._staged):
+            self._unstage(key)
 
     def recover(self, file: int, chunks: list[int]) -> list[int]:
         """Of ``chunks`` (not recorded as verified), those whose bytes are on disk and hash right.
@@ -586,6 +660,7 @@ class IncomingFiles:
         earlier run (a resume) is read back and hashed whole.
         """
         entry = self.manifest.files[file]
+        self._close_direct(file)
         fd = self._files.pop(file, None)
         if fd is None:
             fd = self._file_fd(file)
@@ -675,6 +750,8 @@ class IncomingFiles:
             os.close(fd)
         self._files.clear()
         self._hashers.clear()
+        for file in list(self._direct_fds):
+            self._close_direct(file)
         for file in range(len(self.manifest.files)):
             try:
                 dir_fd, _ = self._location(file)
@@ -693,10 +770,16 @@ class IncomingFiles:
         if self._helper is not None:
             self._helper.shutdown(wait=True)
             self._helper = None
+        for file in list(self._direct_fds):
+            with contextlib.suppress(OSError):
+                self._close_direct(file)
         for fd in (*self._files.values(), *self._dirs.values()):
             with contextlib.suppress(OSError):
                 os.close(fd)
         self._files.clear()
         self._dirs.clear()
+        for stage in self._stages:
+            stage.close()
+        self._stages.clear()
         with contextlib.suppress(OSError):
             os.close(self._dest_fd)

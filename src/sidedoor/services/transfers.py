@@ -84,6 +84,7 @@ MAX_WAITING_OFFER_BYTES = 256 << 20
 SETTING_DOWNLOADS = "downloads"
 SETTING_AUTO_ACCEPT = "auto-accept"
 SETTING_FSYNC = "fsync"  # "on": each received file is on disk before it gets its name
+SETTING_DIRECT_WRITES = "direct-writes"  # "off": large files too through the page cache
 
 
 def default_downloads() -> Path:
@@ -845,8 +846,10 @@ class Transfers:
         try:
             assert self.node.db is not None
             durable = await self._db(self.node.db.get_setting, SETTING_FSYNC, "off") == "on"
+            direct = await self._db(self.node.db.get_setting, SETTING_DIRECT_WRITES,
+                                    "on") != "off"
             writer = await on_thread(IncomingFiles, Path(record.dest), tid, manifest,
-                                     record.roots, durable)
+                                     record.roots, durable, direct)
             roots = await on_thread(writer.claim_roots)
             if roots != record.roots:
                 await self._db(functools.partial(self.store.update, tid, roots=roots))
