@@ -303,7 +303,7 @@ class TransferEvents:
 class SidedoorPair:
     """Two ``sidedoor up`` nodes that are each other's contacts; Bob accepts from Ann."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, settings: list[str]) -> None:
         self.homes = {"ann": base / "ann", "bob": base / "bob"}
         env = dict(os.environ)
         env.pop("SIDEDOOR_HOME", None)
@@ -323,6 +323,9 @@ class SidedoorPair:
         request = self.api("ann", "GET", "/v1/requests")["incoming"][0]
         self.api("ann", "POST", f"/v1/requests/{request['id']}/accept", {})
         self.cli(self.homes["bob"], "config", "set", "auto-accept", "Ann")
+        for setting in settings:  # KEY=VALUE, for the receiving node
+            key, _, value = setting.partition("=")
+            self.cli(self.homes["bob"], "config", "set", key, value)
 
     def cli(self, home: Path, *args: str) -> None:
         subprocess.run([sys.executable, "-m", "sidedoor", "--home", str(home), *args],
@@ -547,6 +550,9 @@ def main() -> None:
     parser.add_argument("--fs", choices=("here", "ext4"), default="here",
                         help="'ext4': put the data on a fresh ext4 with a journal, "
                              "loop-mounted from an image in --dir (see above; root only)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the receiving sidedoor node (sidedoor config "
+                             "set KEY VALUE), e.g. direct-writes=off or fsync=on; repeatable")
     parser.add_argument("--settle", type=float, default=3.0,
                         help="seconds to wait before each timed copy, so that every tool "
                              "writes into memory in the same state (see above)")
@@ -576,7 +582,9 @@ def journaled_fs(where: Path, cleanups: list[Callable[[], None]]) -> Path:
     with image.open("wb") as f:
         f.truncate(64 << 30)  # sparse: only what is written takes space
     subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "has_journal", str(image)], check=True)
-    device = subprocess.run(["losetup", "--find", "--show", str(image)], check=True,
+    # --direct-io: the image is written like a disk, not through this system's cache.
+    device = subprocess.run(["losetup", "--find", "--show", "--direct-io=on", str(image)],
+                            check=True,
                             capture_output=True, text=True).stdout.strip()
 
     def unmount() -> None:
@@ -602,9 +610,10 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
     wanted = lambda name: not only or name.split(" ")[0] in only  # noqa: E731
     tools: list[Tool] = []
     if wanted("sidedoor"):
-        sd = SidedoorPair(base / "nodes")
+        sd = SidedoorPair(base / "nodes", args.set)
         cleanups.append(sd.close)
-        tools.append(Tool("sidedoor", sd.run))
+        tools.append(Tool("sidedoor", sd.run, note=(
+            "the receiving node with " + ", ".join(args.set) if args.set else "")))
     if shutil.which("socat") and wanted("socat"):
         tools.append(Tool("socat (raw TCP)", socat_run))
     if wanted("scp") or wanted("rsync"):
@@ -696,6 +705,9 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
                   f"{med.cpu_send:9.2f} {med.cpu_recv:9.2f} {med.mem_send / 1e6:7.0f}MB "
                   f"{med.mem_recv / 1e6:7.0f}MB {ratio:>12}")
     print("\n'sidedoor is' = that tool's time / sidedoor's time (above 1: sidedoor is faster).")
+    for tool in tools:
+        if tool.note:
+            print(f"{tool.name}: {tool.note}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from test_cli import (
     sd,
     sd_in,
     stop_node,
+    usage_error,
 )
 
 from sidedoor.proto.transfer_receiver import WINDOW_BYTES
@@ -254,3 +255,18 @@ def test_send_to_nobody_and_bad_ids_fail_clearly(pair: dict[str, Detached],
     failed(sd_in(ann.home, "transfers", "cancel", "abcdef12"), "no transfer abcdef12")
     data = json.loads(ok(sd_in(ann.home, "transfers", "--json")).stdout)
     assert isinstance(data, list)
+
+
+@pytest.mark.parametrize("key", ["direct-writes", "fsync"])
+def test_the_on_off_transfer_settings(tmp_path: Path, key: str) -> None:
+    home = tmp_path / "home"
+    default = {"direct-writes": "on", "fsync": "off"}[key]
+    assert ok(sd_in(home, "config", "get", key)).stdout.strip() == default
+    other = "off" if default == "on" else "on"
+    changed = ok(sd_in(home, "config", "set", key, other))
+    assert f"{key} = {other} (for transfers that start from now on)" in changed.stdout
+    assert ok(sd_in(home, "config", "get", key)).stdout.strip() == other
+    wrong = sd_in(home, "config", "set", key, "sometimes")
+    usage_error(wrong)
+    assert f"{key} is one of: on, off" in wrong.stderr
+    assert ok(sd_in(home, "config", "get", key)).stdout.strip() == other  # unchanged

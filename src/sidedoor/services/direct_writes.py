@@ -1,11 +1,12 @@
 """Writing a large file's chunks around the page cache (``O_DIRECT``).
 
-Why: copying a received GiB into the page cache is kernel work that costs as much
-CPU as decrypting and hashing it together (0.5 s a GiB on a desktop; 3.3 s on this
-project's VM, whose free memory sits with the host until touched), and it pushes
-out what the cache held for the user's programs, for a file that is usually not
-read again soon. A direct write hands the buffer to the disk instead: about 0.3 s
-of kernel time a GiB here, at 1 to 1.5 GB/s.
+Why: copying a received file into the page cache is kernel work that can cost more
+CPU than decrypting and hashing it together (on this project's VM, 3.3 s of kernel
+time a GiB when the memory comes back from the host, 0.5 s when it was freed a
+moment before), and it pushes out what the cache held for the
+user's programs, for a file that is usually not read again soon. A direct write
+hands the buffer to the disk instead: about 0.3 s of kernel time a GiB here, at
+1 to 1.5 GB/s.
 
 Direct I/O wants the buffer, the file position and the length aligned to the
 device's block size. Chunks start at multiples of 1 MiB, so each chunk is copied
