@@ -661,6 +661,10 @@ def run_bench(base: Path, args: argparse.Namespace, cleanups: list[Callable[[], 
                 n += 1
                 dest = base / "dst" / f"{n:04}"
                 dest.mkdir(parents=True)
+                # What earlier copies left in memory goes to the disk first: a tool
+                # that writes to the disk as it goes (sidedoor's large files) would
+                # otherwise queue behind another tool's write-back.
+                os.sync()
                 time.sleep(args.settle)
                 sample = tool.run(source, dest)
                 got = tree_digest(dest / source.name)
