@@ -27,10 +27,12 @@ on the host side, seen as a slow ``copy_folio_from_iter_atomic``) against about
 0.5 s/GiB into memory freed a moment ago. Which one a tool got used to depend on what
 ran just before it; so before each timed copy the benchmark waits ``--settle``
 seconds (default 3), and every tool writes its copy into handed-back memory alike.
-The socat row shows what that costs by itself (no tool can do better). Every
-destination is a fresh folder that is kept until the end (creating
-many files just after deleting many is several times slower), and the file-creation
-speed is measured and printed before the small-file case.
+Before that wait, ``sync`` writes back what earlier copies left in memory: sidedoor
+writes large files straight to the disk (direct I/O, see README) and would otherwise
+queue behind another tool's write-back. The socat row shows what writing through the
+page cache costs by itself. Every destination is a fresh folder that is kept until
+the end (creating many files just after deleting many is several times slower), and
+the file-creation speed is measured and printed before the small-file case.
 
 That slowness comes from this VM's root file system, an ext4 without a journal: ext4
 then avoids reusing an inode freed in the last 30 s (dirty_expire_centisecs), and
