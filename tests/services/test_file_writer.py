@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
 import pytest
 
-from sidedoor.errors import TransferError
+from sidedoor.errors import DiskFull, TransferError
 from sidedoor.proto.transfer import FileEntry, Manifest, chunk_count, chunk_span, hash_files
 from sidedoor.services import file_writer
 from sidedoor.services.file_writer import IncomingFiles
@@ -299,3 +301,56 @@ def test_other_files_go_through_the_page_cache(tmp_path: Path, size: int,
     writer.close()
     assert cached(tmp_path / "f.bin") == -(-size // 4096) * 4096
     assert (tmp_path / "f.bin").read_bytes() == data
+
+
+def test_chunks_land_on_the_disk_while_the_next_ones_are_written(tmp_path: Path) -> None:
+    size = file_writer.DIRECT_MIN
+    data = os.urandom(size)
+    writer = IncomingFiles(tmp_path, TID, Manifest([chunked_entry("big.bin", data)]), {})
+    writer.claim_roots()
+    view = memoryview(data)
+    entry = writer.manifest.files[0]
+    landings = []
+    for chunk in range(chunk_count(size)):
+        start, length = chunk_span(size, chunk)
+        digest, landing = writer.write_piece(0, chunk, 0, [view[start:start + length]], True)
+        assert digest == entry.hash_of(chunk)  # hashed here, at once
+        assert landing is not None  # written on a disk thread
+        landings.append(landing)
+        assert len(writer._landing) <= file_writer.MAX_LANDING  # a bounded number waits
+    for landing in landings:
+        assert landing.result(timeout=30) is None
+    assert writer.finish(0) == "big.bin"
+    writer.close()
+    assert (tmp_path / "big.bin").read_bytes() == data
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs, mounted for the test and unmounted after it."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                   check=True, timeout=10)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
+
+
+def test_a_full_disk_under_a_chunk_in_flight_is_a_clear_error(tiny_disk: Path) -> None:
+    data = os.urandom(file_writer.DIRECT_MIN)
+    writer = IncomingFiles(tiny_disk, TID, Manifest([chunked_entry("big.bin", data)]), {})
+    writer.claim_roots()
+    view = memoryview(data)
+    with pytest.raises(DiskFull, match=r"the disk holding .*tiny is full"):
+        for chunk in range(8):  # 8 MiB into 3
+            start, length = chunk_span(len(data), chunk)
+            _, landing = writer.write_piece(0, chunk, 0, [view[start:start + length]], True)
+            if landing is not None:
+                landing.result(timeout=30)
+    writer.discard()
+    writer.close()
+    assert list(tiny_disk.iterdir()) == []  # no partial file left

@@ -64,15 +64,17 @@ class DirectChunk:
         return self.position + self.filled
 
     def add(self, pieces: list[memoryview]) -> None:
+        """Copy ``pieces`` into the stage; a full stage is written when more must go in
+        (a chunk of one stage is written by `end`, which a caller may run elsewhere)."""
         view, size = self._view, len(self._view)
         for piece in pieces:
             while piece:
+                if self.filled == size:
+                    self._flush()
                 n = min(len(piece), size - self.filled)
                 view[self.filled:self.filled + n] = piece[:n]
                 self.filled += n
                 piece = piece[n:]
-                if self.filled == size:
-                    self._flush()
 
     def end(self) -> None:
         """Write what is staged: the chunk is whole. Its last block is padded with

@@ -20,7 +20,7 @@ import os
 import stat
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +41,8 @@ MIN_SPLIT_RUN = 16  # a run of fewer files is written by one thread (write_run)
 MAX_SPLIT_FOLDERS = 8  # ...and so is a run spread over more folders than this
 MAX_NUMBERED = 1000
 DIRECT_MIN = 64 << 20  # files this big are written around the page cache (direct_writes)
+DISK_THREADS = 2  # direct writes of whole chunks in flight at once...
+MAX_LANDING = 8  # ...and waiting for them (each holds a stage of STAGE_SIZE)
 _FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _RENAME_NOREPLACE = 1
 
@@ -157,6 +159,12 @@ class IncomingFiles:
         self._direct_fds: dict[int, int] = {}
         self._staged: dict[tuple[int, int], DirectChunk] = {}
         self._stages: list[mmap.mmap] = []  # spare ones
+        # A whole chunk's direct write runs on a disk thread while this one goes on
+        # with the next chunks; the chunk counts as received once it has landed
+        # (`write_piece`), so a slow moment of the disk does not stall the transfer.
+        self._disk: ThreadPoolExecutor | None = None
+        # (future, file) of each, oldest first; only this thread touches the list.
+        self._landing: list[tuple[Future[None], int]] = []
 
     # -------------------------------------------------------------- folders
     def claim_roots(self) -> dict[str, str]:
@@ -241,7 +249,18 @@ class IncomingFiles:
 
     def write(self, file: int, chunk: int, offset: int, pieces: list[memoryview],
               last: bool) -> bytes | None:
-        """Write ``pieces`` at ``offset`` within the chunk; on its ``last`` piece, its digest."""
+        """Write ``pieces`` at ``offset`` within the chunk; on its ``last`` piece, its digest
+        (the chunk is then written: on the disk, or in the page cache)."""
+        digest, landing = self.write_piece(file, chunk, offset, pieces, last)
+        if landing is not None:
+            landing.result()
+        return digest
+
+    def write_piece(self, file: int, chunk: int, offset: int, pieces: list[memoryview],
+                    last: bool) -> tuple[bytes | None, Future[None] | None]:
+        """`write`, except that a large file's chunk may still be on its way to the disk
+        when this returns: then the future (second) says when it has landed, or raises
+        the `TransferError` that stopped it. Only then does the chunk count as received."""
         fd = self._file_fd(file)
         start, _ = chunk_span(self.manifest.files[file].size, chunk)
         hasher = self._hashers.get((file, chunk))
@@ -249,42 +268,71 @@ class IncomingFiles:
             hasher = self._hashers[(file, chunk)] = blake3.blake3()
         for piece in pieces:
             hasher.update(piece)
+        landing: Future[None] | None = None
         try:
-            if not self._write_direct(file, chunk, start + offset, pieces, last):
+            staged = self._stage(file, chunk, start + offset)
+            if staged is None:
                 _pwrite_all(fd, pieces, start + offset)
+            else:
+                staged.add(pieces)
+                if last:
+                    landing = self._land(file, chunk)
         except OSError as exc:
-            raise _os_error(exc, f"cannot write {self.manifest.files[file].path!r}",
-                            self.dest) from exc
+            raise self._write_error(exc, file) from exc
         if not last:
-            return None
+            return None, None
         self._hashed.setdefault(file, set()).add(chunk)
-        return self._hashers.pop((file, chunk)).digest()
+        return self._hashers.pop((file, chunk)).digest(), landing
 
-    def _write_direct(self, file: int, chunk: int, position: int, pieces: list[memoryview],
-                      last: bool) -> bool:
-        """Stage and write the pieces of a large file's chunk around the page cache;
-        False (nothing done) when they go the ordinary way."""
+    def _write_error(self, exc: OSError, file: int) -> TransferError:
+        return _os_error(exc, f"cannot write {self.manifest.files[file].path!r}", self.dest)
+
+    def _stage(self, file: int, chunk: int, position: int) -> DirectChunk | None:
+        """The stage of a large file's chunk, for its pieces from ``position`` on; None
+        when they go through the page cache."""
         key = (file, chunk)
         staged = self._staged.get(key)
         if staged is None:
             if (not self._direct or position % ALIGN
                     or self.manifest.files[file].size < DIRECT_MIN):
-                return False
+                return None
             fd = self._direct_fd(file)
             if fd is None:
-                return False
+                return None
             staged = self._staged[key] = DirectChunk(
                 self._stages.pop() if self._stages else mmap.mmap(-1, STAGE_SIZE),
                 position, fd)
         elif staged.at != position:
             raise TransferError("a chunk's pieces came out of order")  # a bug, not the peer
-        staged.add(pieces)
-        if last:
-            staged.end()
-            self._unstage(key)
-        if staged.refused:
-            self._direct = False
-        return True
+        return staged
+
+    def _land(self, file: int, chunk: int) -> Future[None]:
+        """Write the rest of a whole chunk's stage on a disk thread."""
+        staged = self._staged.pop((file, chunk))
+        self._landing = [(f, of) for f, of in self._landing if not f.done()]
+        while len(self._landing) >= MAX_LANDING:
+            wait([self._landing.pop(0)[0]])
+
+        def land() -> None:
+            try:
+                staged.end()
+            except OSError as exc:
+                raise self._write_error(exc, file) from exc
+            finally:
+                self._stages.append(staged.release())  # only this thread pops
+            if staged.refused:
+                self._direct = False
+
+        if self._disk is None:
+            self._disk = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="sidedoor-disk")
+        landing = self._disk.submit(land)
+        self._landing.append((landing, file))
+        return landing
+
+    def _wait_landing(self, file: int) -> None:
+        """Until the direct writes in flight of ``file`` are done (their errors go to
+        whoever waits on their futures)."""
+        wait([f for f, of in self._landing if of == file])
 
     def _direct_fd(self, file: int) -> int | None:
         """A second descriptor on the file's partial file, for direct writes; None when
@@ -316,6 +364,7 @@ class IncomingFiles:
             self._stages.append(staged.release())
 
     def _close_direct(self, file: int) -> None:
+        self._wait_landing(file)
         for key in [k for k in self._staged if k[0] == file]:
             self._unstage(key)
         fd = self._direct_fds.pop(file, None)
@@ -767,6 +816,9 @@ class IncomingFiles:
                     os.rmdir(parts[-1], dir_fd=parent)
 
     def close(self) -> None:
+        if self._disk is not None:
+            self._disk.shutdown(wait=True)
+            self._disk = None
         if self._helper is not None:
             self._helper.shutdown(wait=True)
             self._helper = None
@@ -778,8 +830,7 @@ class IncomingFiles:
                 os.close(fd)
         self._files.clear()
         self._dirs.clear()
-        for stage in self._stages:
-            stage.close()
+        # Dropped, not closed: an error's traceback may still hold a view of one.
         self._stages.clear()
         with contextlib.suppress(OSError):
             os.close(self._dest_fd)

@@ -1086,8 +1086,8 @@ class Transfers:
                     events.put_nowait(("file", message.file, message.chunk, fut, expected))
             else:
                 flush_small()
-                fut = on_thread(writer.write, message.file, message.chunk, offset, pieces,
-                                last)
+                fut = on_thread(writer.write_piece, message.file, message.chunk, offset,
+                                pieces, last)
                 events.put_nowait(("piece", message.file, message.chunk, fut, last))
 
         async def watchdog() -> None:
@@ -1131,9 +1131,13 @@ class Transfers:
                     case ("error", exc):
                         raise exc
                     case ("piece", file, chunk, fut, last):
-                        digest = await fut
+                        digest, landing = await fut
                         if not last:
                             continue
+                        if landing is not None:
+                            # Received once on the disk; the writer's thread goes on
+                            # with the next chunks meanwhile.
+                            await asyncio.wrap_future(landing)
                         if machine.on_digest(file, chunk, digest):
                             finishing += 1
                             done = on_thread(writer.finish, file)
