@@ -319,7 +319,7 @@ class IncomingFiles:
             except OSError as exc:
                 raise self._write_error(exc, file) from exc
             finally:
-                self._stages.append(staged.release())  # only this thread pops
+                self._stages.append(staged.release())  # taken only by the writer's thread
             if staged.refused:
                 self._direct = False
 
