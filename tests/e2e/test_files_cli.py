@@ -34,7 +34,7 @@ from test_cli import (
 
 from sidedoor.proto.transfer_receiver import WINDOW_BYTES
 from sidedoor.services.transfers import PIECE, human_bytes
-from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
+from sidedoor.testing.disks import cached_bytes, fincore_missing, on_tmpfs
 
 MiB = 1 << 20
 UP = UP_LOOPBACK

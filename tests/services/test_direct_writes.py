@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sidedoor.services.direct_writes import DIRECT_FLAG, DirectChunk
-from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
+from sidedoor.testing.disks import cached_bytes, fincore_missing, on_tmpfs
 
 pytestmark = pytest.mark.skipif(not DIRECT_FLAG, reason="no O_DIRECT on this system")
 

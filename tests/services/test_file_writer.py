@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from sidedoor.errors import DiskFull, TransferError
 from sidedoor.proto.transfer import FileEntry, Manifest, chunk_count, chunk_span, hash_files
 from sidedoor.services import file_writer
 from sidedoor.services.file_writer import IncomingFiles
-from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
+from sidedoor.testing.disks import cached_bytes, fincore_missing, mounted_tmpfs, on_tmpfs
 
 TID = bytes(range(16))
 MTIME = 1_600_000_000 * 10**9 + 7
@@ -330,14 +329,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 3 MiB tmpfs, mounted for the test and unmounted after it."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
-                   check=True, timeout=10)
-    try:
+    with mounted_tmpfs(tmp_path / "tiny", "3m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
 
 
 def test_a_full_disk_under_a_chunk_in_flight_is_a_clear_error(tiny_disk: Path) -> None:

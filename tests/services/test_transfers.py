@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,8 @@ from sidedoor.proto.framing import encode_message
 from sidedoor.services import file_writer
 from sidedoor.services import transfers as transfers_module
 from sidedoor.services.transfers import SETTING_AUTO_ACCEPT
+from sidedoor.testing.disks import cached_bytes, fincore_missing, mounted_tmpfs, on_tmpfs
 from sidedoor.testing.nodes import befriend
-from sidedoor.testing.page_cache import cached_bytes, fincore_missing, on_tmpfs
 
 NodeFactory = Callable[..., Any]
 
@@ -526,14 +525,8 @@ def small_disk(work: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs, mounted for the test and unmounted after it."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mount = work / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(mount)],
-                   check=True, timeout=10)
-    try:
+    with mounted_tmpfs(work / "small", "24m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False, timeout=10)
 
 
 async def test_a_disk_too_small_is_refused_before_accepting(
