@@ -1,11 +1,12 @@
-"""The receiver's disk writer on its own: small files written whole, both ways of naming them."""
+"""The receiver's disk writer on its own: small files written whole, both ways of naming
+them; large files written around the page cache."""
 
 from __future__ import annotations
 
 import errno
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -15,7 +16,7 @@ from sidedoor.errors import DiskFull, TransferError
 from sidedoor.proto.transfer import FileEntry, Manifest, chunk_count, chunk_span, hash_files
 from sidedoor.services import file_writer
 from sidedoor.services.file_writer import IncomingFiles
-from sidedoor.testing.disks import cached_bytes, fincore_missing, mounted_tmpfs, on_tmpfs
+from sidedoor.testing.disks import cached_bytes, fincore_missing, on_tmpfs
 
 TID = bytes(range(16))
 MTIME = 1_600_000_000 * 10**9 + 7
@@ -325,12 +326,9 @@ def test_chunks_land_on_the_disk_while_the_next_ones_are_written(tmp_path: Path)
 
 
 @pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+def tiny_disk(tmp_path: Path, tmpfs: Callable[[Path, str], Path]) -> Path:
     """A 3 MiB tmpfs, mounted for the test and unmounted after it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    with mounted_tmpfs(tmp_path / "tiny", "3m") as mount:
-        yield mount
+    return tmpfs(tmp_path / "tiny", "3m")
 
 
 def test_a_full_disk_under_a_chunk_in_flight_is_a_clear_error(tiny_disk: Path) -> None:

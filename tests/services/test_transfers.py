@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from sidedoor.proto.framing import encode_message
 from sidedoor.services import file_writer
 from sidedoor.services import transfers as transfers_module
 from sidedoor.services.transfers import SETTING_AUTO_ACCEPT
-from sidedoor.testing.disks import cached_bytes, fincore_missing, mounted_tmpfs, on_tmpfs
+from sidedoor.testing.disks import cached_bytes, fincore_missing, on_tmpfs
 from sidedoor.testing.nodes import befriend
 
 NodeFactory = Callable[..., Any]
@@ -521,12 +521,9 @@ async def test_a_stranger_cannot_pull_someone_elses_transfer(
 
 
 @pytest.fixture
-def small_disk(work: Path) -> Iterator[Path]:
+def small_disk(work: Path, tmpfs: Callable[[Path, str], Path]) -> Path:
     """A 24 MiB tmpfs, mounted for the test and unmounted after it."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    with mounted_tmpfs(work / "small", "24m") as mount:
-        yield mount
+    return tmpfs(work / "small", "24m")
 
 
 async def test_a_disk_too_small_is_refused_before_accepting(
