@@ -72,7 +72,8 @@ import blake3
 
 HOST = "127.0.0.1"
 MiB = 1 << 20
-WORMHOLE_VENV = Path(os.environ.get("SIDEDOOR_BENCH_VENV", "/opt/sidedoor-bench-venv"))
+DEFAULT_VENV = Path("/opt/sidedoor-bench-venv")
+WORMHOLE_VENV = Path(os.environ.get("SIDEDOOR_BENCH_VENV", DEFAULT_VENV))
 SSH_OPTS = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
             "-o", "LogLevel=ERROR", "-o", "BatchMode=yes"]
 
@@ -134,6 +135,10 @@ def install_system_tools(only: set[str]) -> None:
     finally:
         if made_policy:
             policy.unlink()
+    if "openssh-server" in missing and shutil.which("systemctl"):
+        # Installing enables the ssh service for the next boot: undo that.
+        subprocess.run(["systemctl", "disable", "--now", "ssh.service"],
+                       capture_output=True, check=False, timeout=60)
 
 
 def free_port() -> int:
@@ -438,9 +443,9 @@ class Wormhole:
         # Written last: a set-up that was interrupted is done again, not half used.
         done = WORMHOLE_VENV / "sidedoor-bench-complete"
         if not done.exists():
-            if WORMHOLE_VENV.exists() and not (WORMHOLE_VENV / "pyvenv.cfg").exists():
-                raise RuntimeError(f"{WORMHOLE_VENV} is not a virtualenv; set "
-                                   "SIDEDOOR_BENCH_VENV to another folder")
+            if WORMHOLE_VENV.exists() and WORMHOLE_VENV != DEFAULT_VENV:
+                raise RuntimeError(f"{WORMHOLE_VENV} exists but was not set up here; "
+                                   "remove it, or set SIDEDOOR_BENCH_VENV to a new folder")
             print(f"setting up magic-wormhole in {WORMHOLE_VENV} ...", file=sys.stderr)
             subprocess.run([sys.executable, "-m", "venv", "--clear", str(WORMHOLE_VENV)],
                            check=True)
@@ -560,10 +565,10 @@ def main() -> None:
                              "writes into memory in the same state (see above)")
     args = parser.parse_args()
 
-    install_system_tools({t for t in args.only.split(",") if t})
-    # A plain kill (SIGTERM) also unwinds through the cleanups below: nodes stopped,
-    # ext4 image unmounted, data removed.
+    # A plain kill (SIGTERM) also unwinds through the cleanups: apt's policy file
+    # removed, nodes stopped, ext4 image unmounted, data removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    install_system_tools({t for t in args.only.split(",") if t})
     base = Path(tempfile.mkdtemp(prefix="sidedoor-bench-", dir=args.dir))
     cleanups: list[Callable[[], None]] = []
     try:

@@ -605,10 +605,15 @@ class IncomingFiles:
             os.fsync(fd)
 
     def abort_chunks(self) -> None:
-        """The sender went away mid-chunk: what arrived of unfinished chunks is discarded."""
+        """The sender went away mid-chunk: what arrived of unfinished chunks is discarded.
+
+        Writes still on their way to the disk finish first: a chunk fetched again must
+        not race an older write of the same bytes' place."""
         self._hashers.clear()
         for key in list(self._staged):
             self._unstage(key)
+        wait([f for f, _ in self._landing])
+        self._landing.clear()
 
     def recover(self, file: int, chunks: list[int]) -> list[int]:
         """Of ``chunks`` (not recorded as verified), those whose bytes are on disk and hash right.
