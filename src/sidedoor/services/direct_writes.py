@@ -29,12 +29,19 @@ STAGE_SIZE = 1 << 20  # one chunk of a file up to 8 GiB: written as soon as it i
 DIRECT_FLAG: int = getattr(os, "O_DIRECT", 0)  # Linux and the BSDs; 0 elsewhere
 
 
-def write_all(fd: int, data: memoryview, position: int) -> None:
-    """pwrite ``data`` whole at ``position`` (a write may take less than asked)."""
-    while data:
-        n = os.pwrite(fd, data, position)
-        data = data[n:]
+def pwrite_all(fd: int, pieces: list[memoryview], position: int) -> None:
+    """Write every piece at ``position`` on: pwritev may write less than asked.
+
+    ``pieces`` is left as it was (a caller may need to write the same bytes again)."""
+    pieces = list(pieces)
+    while pieces:
+        n = os.pwritev(fd, pieces, position)
         position += n
+        while pieces and n >= len(pieces[0]):
+            n -= len(pieces[0])
+            pieces.pop(0)
+        if pieces and n:
+            pieces[0] = pieces[0][n:]
 
 
 class DirectChunk:
@@ -94,7 +101,7 @@ class DirectChunk:
             if padded != length:
                 self._view[length:padded] = bytes(padded - length)
             try:
-                write_all(self.fd, self._view[:padded], self.position)
+                pwrite_all(self.fd, [self._view[:padded]], self.position)
             except OSError as exc:
                 if exc.errno != errno.EINVAL:
                     raise
@@ -103,6 +110,6 @@ class DirectChunk:
                             fcntl.fcntl(self.fd, fcntl.F_GETFL) & ~DIRECT_FLAG)
         if self.refused:
             # Whatever the refused write left is overwritten here.
-            write_all(self.fd, self._view[:length], self.position)
+            pwrite_all(self.fd, [self._view[:length]], self.position)
         self.position += length
         self.filled = 0

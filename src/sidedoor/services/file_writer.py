@@ -29,7 +29,13 @@ import blake3
 from sidedoor.errors import DiskFull, TransferError
 from sidedoor.proto.file_names import PathChecker, check_path, numbered
 from sidedoor.proto.transfer import FileEntry, Manifest, chunk_span
-from sidedoor.services.direct_writes import ALIGN, DIRECT_FLAG, STAGE_SIZE, DirectChunk
+from sidedoor.services.direct_writes import (
+    ALIGN,
+    DIRECT_FLAG,
+    STAGE_SIZE,
+    DirectChunk,
+    pwrite_all,
+)
 from sidedoor.services.file_hashing import READ_SIZE, hash_chunks
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
@@ -75,20 +81,6 @@ def _read_umask() -> int | None:
     return None
 
 
-
-def _pwrite_all(fd: int, pieces: list[memoryview], position: int) -> None:
-    """Write every piece at ``position`` on: pwritev may write less than asked.
-
-    ``pieces`` is left as it was (a caller may need to write the same bytes again)."""
-    pieces = list(pieces)
-    while pieces:
-        n = os.pwritev(fd, pieces, position)
-        position += n
-        while pieces and n >= len(pieces[0]):
-            n -= len(pieces[0])
-            pieces.pop(0)
-        if pieces and n:
-            pieces[0] = pieces[0][n:]
 
 class FileDamaged(TransferError):
     """A file's bytes on disk do not hash as its manifest says (fetched again)."""
@@ -272,7 +264,7 @@ class IncomingFiles:
         try:
             staged = self._stage(file, chunk, start + offset)
             if staged is None:
-                _pwrite_all(fd, pieces, start + offset)
+                pwrite_all(fd, pieces, start + offset)
             else:
                 staged.add(pieces)
                 if last:
@@ -550,7 +542,7 @@ class IncomingFiles:
             try:
                 written = os.pwrite(fd, data, 0)
                 if written < len(data):
-                    _pwrite_all(fd, [data[written:]], written)
+                    pwrite_all(fd, [data[written:]], written)
                 self._finish(fd, entry, chmod)
             except OSError as exc:
                 raise _os_error(exc, f"cannot write {entry.path!r}", self.dest) from exc
@@ -587,7 +579,7 @@ class IncomingFiles:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise TransferError("a partial file is not a regular file")
-            _pwrite_all(fd, [data], 0)
+            pwrite_all(fd, [data], 0)
             # (An old partial file kept its old mode.)
             self._finish(fd, entry, stat.S_IMODE(st.st_mode) != entry.mode)
         except OSError as exc:
